@@ -16,6 +16,7 @@ import numpy as np
 from face3d_jax.flame.procedural.head import (CHIN_Y, EYE_X, EYE_Y, MOUTH_HALF_WIDTH, MOUTH_Y,
                                               NOSE_TIP_Y, HeadMesh)
 from face3d_jax.flame.procedural.head import _smoothstep as smoothstep
+from face3d_jax.flame.procedural.rig import below_lips
 
 NUM_SHAPE = 300
 NUM_EXPRESSION = 100
@@ -76,7 +77,7 @@ def _named_expression_fields(p, normals, lower_lip):
     sx = np.sign(x)
     front = _front(p)
     zero = 0 * x
-    below_mouth = np.where(lower_lip, 1.0, (y < MOUTH_Y - 1e-6).astype(float))
+    below_mouth = below_lips(p, lower_lip)
     corners = (_bump(p, MOUTH_HALF_WIDTH, MOUTH_Y, 0.012, 0.012)
                + _bump(p, -MOUTH_HALF_WIDTH, MOUTH_Y, 0.012, 0.012)) * front
     left_corner = _bump(p, MOUTH_HALF_WIDTH, MOUTH_Y, 0.012, 0.012) * front
@@ -102,15 +103,16 @@ def _named_expression_fields(p, normals, lower_lip):
         _vec(zero, -lid_l, zero),                                     # left eye close
         _vec(zero, -lid_r, zero),                                     # right eye close
         cheeks[:, None] * normals,                                    # cheek puff
-        _vec(zero, -0.5 * upper_lip + 0.5 * lower_lip_f, zero),      # lip press
+        _vec(zero, -0.5 * upper_lip + 0.5 * lower_lip_f, -0.5 * lips),  # lip press
         _vec(zero, upper_lip, zero),                                  # upper lip raise
         _vec(zero, -lower_lip_f, zero),                               # lower lip depress
         _vec(zero, nose_sides, zero),                                 # nose wrinkle
         _vec(lips, zero, zero),                                       # mouth sideways
-        left_corner[:, None] * _vec(0.5 + zero, 1 + zero, -0.4 + zero),  # half smile (left)
-        right_corner[:, None] * _vec(-0.5 + zero, 1 + zero, -0.4 + zero),  # half smile (right)
-        _vec(zero, brows * (x > 0), zero),                            # left brow raise
-        _vec(zero, brows * (x < 0), zero),                            # right brow raise
+        # One-sided actions as asymmetries: left minus right (the symmetric
+        # sums are the smile and brow raise above; both would be dependent).
+        left_corner[:, None] * _vec(0.5 + zero, 1 + zero, -0.4 + zero)
+        - right_corner[:, None] * _vec(-0.5 + zero, 1 + zero, -0.4 + zero),  # lopsided smile
+        _vec(zero, brows * sx, zero),                                 # one brow raised
     ]
 
 
@@ -143,6 +145,11 @@ def _orthonormal_scaled(fields, amplitude, eyes_follow):
     displacement of amplitude[0] * (k + 1) ** -amplitude[1]. (V, 3, K)."""
     mat = np.stack([eyes_follow(f).reshape(-1) for f in fields], axis=1)
     q, r = np.linalg.qr(mat)
+    # A field (nearly) spanned by earlier ones would leave an arbitrary column.
+    independent = np.abs(np.diag(r)) / np.linalg.norm(mat, axis=0)
+    if independent.min() < 1e-3:
+        raise RuntimeError(f"basis field {int(independent.argmin())} is (nearly) a combination "
+                           f"of earlier ones ({independent.min():.1e})")
     q = q * np.sign(np.diag(r))[None, :]  # keep each designed direction's sign
     dirs = q.reshape(-1, 3, len(fields))
     peak = np.max(np.linalg.norm(dirs, axis=1), axis=0)
@@ -167,7 +174,7 @@ def make_bases(head: HeadMesh, normals: np.ndarray, rng: np.random.Generator):
     shape_named = _named_shape_fields(p, normals)
     shape_random = _random_fields(
         rng, p, normals, NUM_SHAPE - len(shape_named),
-        lambda k: 0.06 * (1.0 + k / 12.0) ** -0.4, skin_region)
+        lambda k: 0.06 * (1.0 + k / 12.0) ** -0.3, skin_region)
     shapedirs = _orthonormal_scaled(shape_named + shape_random, SHAPE_AMPLITUDE, eyes_follow)
 
     face_region = skin & (p[:, 2] > 0.02) & (p[:, 1] > -0.10) & (p[:, 1] < 0.065)

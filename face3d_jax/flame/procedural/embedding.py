@@ -110,7 +110,10 @@ def dynamic_embedding(head: HeadMesh):
         for j, phi in enumerate(directions):
             diff = np.abs((ang - phi + np.pi) % (2 * np.pi) - np.pi)
             along = rel @ np.array([np.cos(phi), np.sin(phi)])
-            score = np.where(diff < np.deg2rad(7.0), along, -np.inf)
+            across = np.abs(rel @ np.array([-np.sin(phi), np.cos(phi)]))
+            # Outermost near the ray; the penalty off the ray breaks the ties
+            # of flat stretches (the chin) symmetrically.
+            score = np.where(diff < np.deg2rad(7.0), along - 0.5 * across, -np.inf)
             vid = candidates[int(np.argmax(score))]
             faces_idx[row, j] = owner[vid]
             bary[row, j, corner[vid]] = 1.0

@@ -45,14 +45,13 @@ def joint_regressor(head: HeadMesh) -> np.ndarray:
     return rows
 
 
-def jaw_influence(points: np.ndarray, lower_lip: np.ndarray) -> np.ndarray:
-    """(N,) in [0, 1]: how much a skin point follows the jaw.
+def below_lips(points: np.ndarray, lower_lip: np.ndarray) -> np.ndarray:
+    """(N,) in [0, 1]: 1 on the lower lip and below the lips' parting line.
 
-    Below the lips' parting line the jaw takes over sharply (the slit separates
-    the lips); beyond the mouth corners the boundary rises along the cheek to
-    the hinge and softens; it fades out under the chin into the throat and
-    towards the back of the head."""
-    x, y, z = points[:, 0], points[:, 1], points[:, 2]
+    Sharp across the slit (the lips are separate there) and smooth beyond the
+    mouth corners, where the boundary rises along the cheek towards the jaw
+    hinge and softens: the skin there is continuous."""
+    x, y = points[:, 0], points[:, 1]
     ax = np.abs(x)
     slope = (JAW_HINGE[0, 1] - MOUTH_Y) / (JAW_HINGE[0, 0] - MOUTH_HALF_WIDTH)
     line = MOUTH_Y + np.clip(ax - MOUTH_HALF_WIDTH, 0.0, None) * slope
@@ -60,10 +59,17 @@ def jaw_influence(points: np.ndarray, lower_lip: np.ndarray) -> np.ndarray:
     below = smoothstep(line + 0.25 * softness, line - softness, y)
     inside_mouth = ax < MOUTH_HALF_WIDTH - 0.002
     below = np.where(inside_mouth, (y < MOUTH_Y - 1e-6).astype(float), below)
-    below = np.where(lower_lip, 1.0, below)
+    return np.where(lower_lip, 1.0, below)
+
+
+def jaw_influence(points: np.ndarray, lower_lip: np.ndarray) -> np.ndarray:
+    """(N,) in [0, 1]: how much a skin point follows the jaw: what lies below
+    the lips (`below_lips`), fading out under the chin into the throat and
+    towards the back of the head."""
+    y, z = points[:, 1], points[:, 2]
     throat = smoothstep(-0.128, -0.100, y)
     front = smoothstep(-0.035, 0.015, z)
-    return below * throat * front
+    return below_lips(points, lower_lip) * throat * front
 
 
 def skinning_weights(head: HeadMesh) -> np.ndarray:
