@@ -40,7 +40,7 @@ def default_model(seed: int = DEFAULT_SEED) -> FlameModel:
       seed: seeds the random part of the identity and expression bases; the
         mesh, rig and landmark embedding do not depend on it.
     Returns:
-      A validated `FlameModel` with numpy float32/int32 arrays: V = 5,239
+      A validated `FlameModel` with numpy float32/int32 arrays: V = 5,238
       vertices, F = 10,344 triangles, 300 shape and 100 expression components.
     """
     head = build_head()

@@ -125,9 +125,13 @@ def _profile(y):
 
 
 def _azimuths(num_cols: int) -> np.ndarray:
-    """Column angles theta in (-pi, pi], 0 facing +z; about 3x denser at the
-    front than at the back."""
-    u = (np.arange(num_cols) + 0.5) / num_cols * 2.0 - 1.0  # (-1, 1)
+    """Column angles theta in [-pi, pi), 0 facing +z; about 3x denser at the
+    front than at the back. Column 0 lies on the back seam (theta = -pi) and
+    column num_cols / 2 on the face's midline, so columns c and num_cols - c
+    mirror each other."""
+    if num_cols % 2:
+        raise ValueError(f"num_cols must be even for a mirror-symmetric head, got {num_cols}")
+    u = np.arange(num_cols) / num_cols * 2.0 - 1.0  # [-1, 1)
     beta = 0.5
     return np.pi * (u - beta * np.sin(np.pi * u) / np.pi)
 
@@ -228,7 +232,8 @@ def build_head(num_rings: int = 56, num_cols: int = 88, eye_rings: int = 9,
                eye_cols: int = 16) -> HeadMesh:
     """Builds the template head (deterministic; no randomness).
 
-    The defaults give 5,145 vertices and 10,152 triangles, FLAME's order of size.
+    The defaults give 5,238 vertices and 10,344 triangles (eyeballs included),
+    FLAME's order of size (5,023 and 9,976).
     """
     heights = _ring_heights(num_rings, MOUTH_Y)
     mouth_ring = int(np.argmin(np.abs(heights - MOUTH_Y)))
@@ -241,7 +246,7 @@ def build_head(num_rings: int = 56, num_cols: int = 88, eye_rings: int = 9,
     pole = num_rings * num_cols
 
     # UVs: column c at u_c, an extra seam column at u = 1 (wrap), ring r at v_r.
-    u_cols = (np.arange(num_cols + 1)) / num_cols  # uniform in the dense parameter
+    u_cols = np.arange(num_cols + 1) / num_cols  # uniform in the dense parameter; u = 0.5 midline
     v_rows = UV_HEAD_V0 + (1 - UV_HEAD_V0) * (np.arange(num_rings) / num_rings)
     uv_grid = np.stack(np.meshgrid(u_cols, v_rows, indexing="xy"), axis=-1)  # (R, C+1, 2)
     uv_index = np.arange(num_rings * (num_cols + 1)).reshape(num_rings, num_cols + 1)
