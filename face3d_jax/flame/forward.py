@@ -65,17 +65,17 @@ def flame_forward(model: FlameModel, shape, expression, global_pose, neck_pose, 
             f"flame_forward: {shape.shape[1]} shape / {expression.shape[1]} expression coefficients "
             f"given, the model has {model.num_shape} / {model.num_expression}")
 
-    coeffs = jnp.concatenate([shape, expression], axis=1)
-    dirs = jnp.concatenate(
-        [model.shapedirs[..., : shape.shape[1]], model.exprdirs[..., : expression.shape[1]]], axis=-1)
-    v_shaped = model.v_template[None] + lbs.blend_shapes(coeffs, dirs)
-    joints_rest = jnp.einsum("jv,bvc->bjc", model.J_regressor, v_shaped)
+    # Two blendshape products rather than one on concatenated bases: the
+    # concatenation would copy the 25 MB bases on every call.
+    v_shaped = (model.v_template[None] + lbs.blend_shapes(shape, model.shapedirs)
+                + lbs.blend_shapes(expression, model.exprdirs))
+    joints_rest = jnp.matmul(model.J_regressor, v_shaped)  # (5,V) @ (B,V,3)
 
     pose = jnp.concatenate([jnp.asarray(global_pose, jnp.float32), jnp.asarray(neck_pose, jnp.float32),
                             jnp.asarray(jaw_pose, jnp.float32),
                             jnp.asarray(eye_pose, jnp.float32)], axis=1).reshape(batch, -1, 3)
     rot_mats = lbs.axis_angle_to_matrix(pose)  # (B,5,3,3)
-    pose_offsets = jnp.einsum("bp,vcp->bvc", lbs.pose_features(rot_mats), model.posedirs)
+    pose_offsets = lbs.blend_shapes(lbs.pose_features(rot_mats), model.posedirs)
     v_posed = v_shaped + pose_offsets
 
     joints, rel = lbs.rigid_transforms(rot_mats, joints_rest, model.parents)

@@ -41,12 +41,18 @@ def blend_shapes(coeffs, dirs):
     """Linear blendshape offsets.
 
     Args:
-      coeffs: (B, K) float32 coefficients.
-      dirs: (V, 3, K) float32 blendshape basis.
+      coeffs: (B, K) float32 coefficients, K <= the basis' components (the
+        first K components are used).
+      dirs: (V, 3, K') float32 blendshape basis, K' >= K.
     Returns:
       (B, V, 3) float32 offsets sum_k coeffs[:, k] * dirs[..., k].
     """
-    return jnp.einsum("bk,vck->bvc", coeffs, dirs)
+    num_v, _, _ = dirs.shape
+    k = coeffs.shape[1]
+    # A plain GEMM on the free (V*3, K) view: an einsum over (V, 3, K) made
+    # XLA transpose-copy the whole basis first.
+    flat = jnp.reshape(dirs, (num_v * 3, dirs.shape[2]))[:, :k]
+    return jnp.matmul(coeffs, flat.T).reshape(coeffs.shape[0], num_v, 3)
 
 
 def pose_features(rot_mats):
@@ -99,6 +105,12 @@ def skin(vertices, weights, rel_transforms):
     Returns:
       (B, V, 3) float32 posed vertices.
     """
-    # Blend the 3x4 affine parts: (B,V,3,4); cheaper than a (B,V,4,4) blend.
-    blended = jnp.einsum("vj,bjrc->bvrc", weights, rel_transforms[:, :, :3, :])
-    return jnp.einsum("bvrc,bvc->bvr", blended[..., :3], vertices) + blended[..., 3]
+    batch, num_joints = rel_transforms.shape[:2]
+    # Blend the 12 affine numbers with one GEMM into a (B, 12, V) layout, then
+    # apply them with elementwise multiply-adds: a batched dot of B*V tiny 3x3
+    # products (and its transposes) is several times slower on CPU.
+    affine = rel_transforms[:, :, :3, :].reshape(batch, num_joints, 12)
+    blended = jnp.einsum("bjk,vj->bkv", affine, weights).reshape(batch, 3, 4, -1)
+    x, y, z = vertices[..., 0][:, None], vertices[..., 1][:, None], vertices[..., 2][:, None]
+    posed = blended[:, :, 0] * x + blended[:, :, 1] * y + blended[:, :, 2] * z + blended[:, :, 3]
+    return jnp.moveaxis(posed, 1, 2)  # (B, V, 3)
