@@ -1,6 +1,7 @@
 """The `face3d` command: parses arguments and calls the library.
 
     face3d demo [--out DIR] [--num N] [--seed S] [--model PATH]
+    face3d render [--yaw DEG ...] [--resolution N] [--out DIR] [--seed S] [--model PATH]
     face3d assets make-default --out DIR [--seed S]
     face3d assets import-flame PATH --out DIR
 """
@@ -14,7 +15,16 @@ import sys
 def _demo(args):
     from face3d_jax.demo import run_demo
 
-    run_demo(args.out, num_faces=args.num, seed=args.seed, model_path=args.model)
+    run_demo(args.out, num_faces=args.num, seed=args.seed, model_path=args.model,
+             render_resolution=args.render_resolution)
+
+
+def _render(args):
+    from face3d_jax.render.views import write_yaw_renders
+
+    for path in write_yaw_renders(args.out, yaws=args.yaw, resolution=args.resolution,
+                                  seed=args.seed, model_path=args.model):
+        print(f"wrote {path}")
 
 
 def _make_default(args):
@@ -43,7 +53,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", default=None,
                       help="a FLAME model (pkl, converted npz or folder) instead of the "
                            "built-in procedural default")
+    demo.add_argument("--render-resolution", type=int, default=256,
+                      help="size of the yaw renders of the first face (default: 256)")
     demo.set_defaults(func=_demo)
+
+    rend = sub.add_parser("render", help="render the default face (or a random one) at "
+                                         "several head yaws to PNGs")
+    rend.add_argument("--yaw", type=float, nargs="+", default=[0, 15, -15, 30, -30, 45, -45],
+                      help="yaw angles in degrees (default: the paper's Table 4 set)")
+    rend.add_argument("--resolution", type=int, default=512, help="image size (default: 512)")
+    rend.add_argument("--out", default="render_out", help="output folder")
+    rend.add_argument("--seed", type=int, default=None,
+                      help="render a random face from this seed instead of the mean face")
+    rend.add_argument("--model", default=None, help="a FLAME model instead of the default")
+    rend.set_defaults(func=_render)
 
     assets = sub.add_parser("assets", help="face model assets")
     asub = assets.add_subparsers(dest="assets_command", required=True, metavar="ACTION")

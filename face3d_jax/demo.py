@@ -2,7 +2,8 @@
 
 Today it samples random FLAME parameters, decodes them with the procedural
 default model (or a FLAME model the user points at) and writes each face as
-OBJ (with UVs) and binary glTF, plus the parameters and 68 landmarks. It grows
+OBJ (with UVs) and binary glTF, plus the parameters and 68 landmarks, and
+renders the first face at the paper's Table 4 yaws. It grows
 with the project (rendering, albedo, training) as issues land.
 """
 
@@ -15,6 +16,7 @@ import numpy as np
 
 from face3d_jax import export
 from face3d_jax.flame import FlameModel, default_model, flame_forward, load
+from face3d_jax.render.views import write_yaw_renders
 
 
 def sample_parameters(key: jax.Array, batch: int, num_shape: int = 300,
@@ -41,11 +43,12 @@ def sample_parameters(key: jax.Array, batch: int, num_shape: int = 300,
 
 
 def run_demo(out_dir: str | Path, num_faces: int = 4, seed: int = 0,
-             model_path: str | Path | None = None) -> list[Path]:
+             model_path: str | Path | None = None, render_resolution: int = 256) -> list[Path]:
     """Decodes `num_faces` random faces and writes them under `out_dir`.
 
-    Returns the written paths: face_<i>.obj/.mtl, face_<i>.glb, and params.npz
-    (the parameters and the (N, 68, 3) landmarks).
+    Returns the written paths: face_<i>.obj/.mtl, face_<i>.glb, params.npz
+    (the parameters and the (N, 68, 3) landmarks) and renders/yaw_<deg>.png
+    (the first face at 0, +-15, +-30, +-45 degrees).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -66,6 +69,11 @@ def run_demo(out_dir: str | Path, num_faces: int = 4, seed: int = 0,
                                      model.uv_coords, model.uv_faces)
     np.savez(out / "params.npz", landmarks=np.asarray(decoded.landmarks), **params)
     written.append(out / "params.npz")
+    # The first face seen from the paper's Table 4 yaws.
+    first = {k: v[:1] for k, v in params.items()}
+    first["global_pose"] = np.zeros_like(first["global_pose"])
+    written += write_yaw_renders(out / "renders", resolution=render_resolution,
+                                 params=first, model_path=model_path)
     for path in written:
         print(f"wrote {path}")
     return written

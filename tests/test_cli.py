@@ -11,7 +11,18 @@ from face3d_jax.cli import main
 from face3d_jax.flame import load
 
 
+def test_render_writes_pngs(tmp_path):
+    from PIL import Image
+
+    assert main(["render", "--yaw", "0", "-30", "--resolution", "32", "--out",
+                 str(tmp_path)]) == 0
+    images = [np.asarray(Image.open(tmp_path / name)) for name in ("yaw_+000.png", "yaw_-030.png")]
+    assert all(im.shape == (32, 32, 3) and im.max() > 100 for im in images)
+    assert not np.array_equal(images[0], images[1])
+
+
 @pytest.mark.parametrize("argv", [["--help"], ["demo", "--help"], ["assets", "--help"],
+                                  ["render", "--help"],
                                   ["assets", "make-default", "--help"],
                                   ["assets", "import-flame", "--help"]])
 def test_help(argv, capsys):
@@ -29,7 +40,10 @@ def test_console_script_is_installed():
 
 def test_demo_writes_meshes_and_parameters(tmp_path):
     trimesh = pytest.importorskip("trimesh")
-    assert main(["demo", "--out", str(tmp_path), "--num", "2", "--seed", "3"]) == 0
+    assert main(["demo", "--out", str(tmp_path), "--num", "2", "--seed", "3",
+                 "--render-resolution", "32"]) == 0
+    renders = sorted((tmp_path / "renders").glob("yaw_*.png"))
+    assert len(renders) == 7
     params = np.load(tmp_path / "params.npz")
     assert params["shape"].shape == (2, 300) and params["expression"].shape == (2, 50)
     assert params["landmarks"].shape == (2, 68, 3)
@@ -39,7 +53,8 @@ def test_demo_writes_meshes_and_parameters(tmp_path):
         assert len(mesh.faces) == len(glb.faces) > 9000
         assert mesh.visual.uv is not None
     # A different seed gives different faces; the same seed the same ones.
-    assert main(["demo", "--out", str(tmp_path / "again"), "--num", "2", "--seed", "3"]) == 0
+    assert main(["demo", "--out", str(tmp_path / "again"), "--num", "2", "--seed", "3",
+                 "--render-resolution", "32"]) == 0
     np.testing.assert_array_equal(np.load(tmp_path / "again" / "params.npz")["landmarks"],
                                   params["landmarks"])
 
