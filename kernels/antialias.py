@@ -15,15 +15,21 @@ What it does, per image:
    opposite ways relative to the camera). It must also cross the pixel pair's axis
    more steeply than 45 degrees (flatter edges belong to the other pair direction),
    within [-1/16, 1 + 1/16] of the segment.
-4. With the crossing at distance d in [0, 1] from the covered pixel's centre, the
-   pixel on the far side of d from the pair's midpoint is blended towards the other
-   pixel's colour by |0.5 - d|: the covered fraction of the line through both
-   centres, which for a straight edge is the covered area of the pixel.
+4. With the crossing at distance d (clamped to [0, 1]) from the covered pixel's
+   centre: if d < 0.5 the covered pixel is blended towards the other pixel's colour
+   by 0.5 - d (the triangle stops short of the pixels' common border); if d > 0.5
+   the other pixel is blended towards the covered one's colour by d - 0.5. That is
+   the covered fraction of the line through both centres, which for a straight
+   edge is the covered area of the pixel.
 Contributions of all pairs add up. The output is linear in `color` and moves with
 the crossing point, so its gradient flows to the two vertices of each antialiased
 edge (x, y, w of clip space; z gets none), exactly as nvdiffrast computes it
-(including its 1e-3 pixel epsilon in the edge slope and no gradient where the
-crossing was clamped to the pixel centre).
+(including its 1e-3 pixel epsilon in the edge slope and no gradient where d was
+clamped).
+
+Cost: two dense sweeps over all horizontal and vertical pixel pairs, proportional to
+the pixels and independent of the triangle count (nvdiffrast first compacts the
+pairs with differing ids into a work queue; under jit, shapes are static).
 
 Topology (step 3) is built from `tri` alone: triangles that share an edge must
 share the vertex indices (a mesh split at UV seams shows its seams as silhouettes,
