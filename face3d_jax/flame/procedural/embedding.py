@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from face3d_jax.flame.procedural.head import CHIN_Y, EYE_Y, MOUTH_Y, NOSE_TIP_Y, HeadMesh
+from face3d_jax.flame.procedural.head import (CHIN_Y, EYE_Y, MOUTH_Y, NOSE_TIP_Y, HeadMesh,
+                                              frontmost_triangle)
 
 # Image-left is the subject's right (-x). (x, y) in metres on the frontal view.
 _M = MOUTH_Y
@@ -43,31 +44,12 @@ CONTOUR_ANGLES = np.concatenate([np.linspace(160.0, 270.0, 9), np.linspace(270.0
 CONTOUR_CENTRE_Y = -0.02
 
 
-def _frontmost_triangle(vertices, faces, xy):
-    """Index and barycentric coordinates of the frontmost triangle under xy."""
-    tri = vertices[faces]
-    a, b, c = tri[:, 0, :2], tri[:, 1, :2], tri[:, 2, :2]
-    v0, v1, v2 = b - a, c - a, xy - a
-    den = v0[:, 0] * v1[:, 1] - v1[:, 0] * v0[:, 1]
-    safe = np.where(np.abs(den) < 1e-15, 1.0, den)
-    l1 = (v2[:, 0] * v1[:, 1] - v1[:, 0] * v2[:, 1]) / safe
-    l2 = (v0[:, 0] * v2[:, 1] - v2[:, 0] * v0[:, 1]) / safe
-    l0 = 1.0 - l1 - l2
-    inside = (np.abs(den) > 1e-15) & (l0 >= -1e-9) & (l1 >= -1e-9) & (l2 >= -1e-9)
-    z = l0 * tri[:, 0, 2] + l1 * tri[:, 1, 2] + l2 * tri[:, 2, 2]
-    best = int(np.argmax(np.where(inside, z, -np.inf)))
-    if not inside[best]:
-        raise RuntimeError(f"no skin triangle under landmark position {xy}")
-    bary = np.clip(np.array([l0[best], l1[best], l2[best]]), 0.0, 1.0)
-    return best, bary / bary.sum()
-
-
 def static_embedding(head: HeadMesh):
     """(51,) int64 triangle indices and (51, 3) float64 barycentric coordinates."""
     skin_faces = np.flatnonzero(head.head_faces)
     idx, bary = [], []
     for xy in STATIC_LANDMARKS_XY:
-        k, b = _frontmost_triangle(head.vertices, head.faces[skin_faces], xy)
+        k, b, _ = frontmost_triangle(head.vertices, head.faces[skin_faces], xy)
         idx.append(skin_faces[k])
         bary.append(b)
     return np.array(idx), np.array(bary)

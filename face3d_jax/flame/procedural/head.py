@@ -308,7 +308,7 @@ def build_head(num_rings: int = 56, num_cols: int = 88, eye_rings: int = 9,
     part = [np.zeros(len(skin_v), np.int8), np.ones(len(extra_v), np.int8)]
     for side, sign in ((2, 1.0), (3, -1.0)):
         ex = sign * EYE_X
-        surf = _frontmost(skin_vertices, faces, ex, EYE_Y)
+        _, _, surf = frontmost_triangle(skin_vertices, faces, (ex, EYE_Y))
         center = np.array([ex, EYE_Y, surf - EYEBALL_RADIUS + 0.004])
         eye_centers.append(center)
         ev, ef, ecoord = _sphere(center, EYEBALL_RADIUS, eye_rings, eye_cols)
@@ -342,17 +342,24 @@ def build_head(num_rings: int = 56, num_cols: int = 88, eye_rings: int = 9,
                     eye_centers=np.array(eye_centers), mouth_ring=mouth_ring)
 
 
-def _frontmost(vertices, faces, x, y):
-    """z of the frontmost surface point above (x, y) (ray along -z)."""
+def frontmost_triangle(vertices, faces, xy):
+    """The frontmost triangle under the point xy of the frontal view (a ray
+    along -z): its index, barycentric coordinates (3,) and the hit's z.
+
+    Raises RuntimeError if no triangle lies under xy.
+    """
     tri = vertices[faces]
     a, b, c = tri[:, 0, :2], tri[:, 1, :2], tri[:, 2, :2]
-    p = np.array([x, y])
-    v0, v1, v2 = b - a, c - a, p - a
+    v0, v1, v2 = b - a, c - a, np.asarray(xy) - a
     den = v0[:, 0] * v1[:, 1] - v1[:, 0] * v0[:, 1]
     safe = np.where(np.abs(den) < 1e-15, 1.0, den)
     l1 = (v2[:, 0] * v1[:, 1] - v1[:, 0] * v2[:, 1]) / safe
     l2 = (v0[:, 0] * v2[:, 1] - v2[:, 0] * v0[:, 1]) / safe
-    l0 = 1 - l1 - l2
-    inside = (np.abs(den) > 1e-15) & (l0 >= 0) & (l1 >= 0) & (l2 >= 0)
+    l0 = 1.0 - l1 - l2
+    inside = (np.abs(den) > 1e-15) & (l0 >= -1e-9) & (l1 >= -1e-9) & (l2 >= -1e-9)
     z = l0 * tri[:, 0, 2] + l1 * tri[:, 1, 2] + l2 * tri[:, 2, 2]
-    return float(np.max(np.where(inside, z, -np.inf)))
+    best = int(np.argmax(np.where(inside, z, -np.inf)))
+    if not inside[best]:
+        raise RuntimeError(f"no triangle under the frontal position {xy}")
+    bary = np.clip(np.array([l0[best], l1[best], l2[best]]), 0.0, 1.0)
+    return best, bary / bary.sum(), float(z[best])
