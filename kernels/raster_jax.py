@@ -118,7 +118,10 @@ def _resolve_one(pos, tri, height, width):
     ainv, z, ok = (x[0] for x in _edge_matrices(pos[None], tri))
     box = _bounding_boxes(pos[None], tri, height, width)[0]
     extent = jnp.maximum(box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]) + 1
-    empty = (box[:, 2] < box[:, 0]) | (box[:, 3] < box[:, 1]) | ~ok
+    # Wholly behind the eye (every w <= 0): never visible, so skip it rather
+    # than test it against the whole image.
+    behind = jnp.all(pos[tri][..., 3] <= 0, axis=-1)
+    empty = (box[:, 2] < box[:, 0]) | (box[:, 3] < box[:, 1]) | ~ok | behind
     sizes = _levels(height, width)
     level = jnp.searchsorted(jnp.asarray(sizes), extent, side="left")
     level = jnp.where(empty, len(sizes), level)  # empty triangles: no level

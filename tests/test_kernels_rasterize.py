@@ -54,6 +54,7 @@ def test_default_face_matches_reference(default_flame):
 def test_behind_the_camera_and_crossing_near_plane():
     pos, tri = random_scene(7)
     pos[:6, 3] = -0.4  # some vertices behind the eye
+    pos[9:12] *= -1.0  # and a few wholly behind
     pos[6:9, 2] = -2.0 * pos[6:9, 3]  # in front of the near plane
     check_against_reference(pos, tri, 19, 21)
 
