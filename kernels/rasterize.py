@@ -1,32 +1,45 @@
-"""`rasterize` and `interpolate`: nvdiffrast's first two primitives.
+"""`rasterize`: nvdiffrast's first primitive, with nvdiffrast's conventions.
 
-Conventions (nvdiffrast's):
 - pos: (B, V, 4) float32 clip-space (x, y, z, w); tri: (T, 3) int32.
 - rast: (B, H, W, 4) float32 = (u, v, z/w, triangle_id + 1), zeros where no
-  triangle covers the pixel centre. (u, v) are perspective-correct barycentrics
-  of the triangle's vertices 0 and 1: the point is u v0 + v v1 + (1-u-v) v2.
+  triangle covers the pixel centre. (u, v) are the perspective-correct
+  barycentrics of the triangle's vertices 0 and 1: the point is
+  u v0 + v v1 + (1 - u - v) v2. z/w is the interpolated clip-space depth.
 - Pixel (row i, column j) has its centre at NDC ((2j + 1)/W - 1, (2i + 1)/H - 1):
-  row 0 is NDC y = -1. nvdiffrast (OpenGL) calls that the bottom row; the face
-  renderer's cameras map the picture's top to NDC y = -1 so no flip is needed.
-- rast_db: (B, H, W, 4) = (du/dX, du/dY, dv/dX, dv/dY) per pixel (X along
-  columns, Y along rows), zeros where empty.
-- Coverage is point-sampled, both windings are drawn, the smaller z/w wins,
-  z/w outside [-1, 1] is clipped away; coverage is not differentiable, (u, v,
-  z/w) are, with respect to pos.
+  row 0 is NDC y = -1. That is OpenGL's and nvdiffrast's convention, where row 0
+  is the BOTTOM of the picture; the image is upside down compared with the
+  usual top-row-first layout, and we do not flip it (flip with rast[:, ::-1] to
+  view, or have the camera map the picture's top to NDC y = -1, as
+  face3d_jax.render.cameras does).
+- rast_db: (B, H, W, 4) float32 = (du/dX, du/dY, dv/dX, dv/dY) in pixel units
+  (X along columns, Y along rows), zeros where empty.
+- Coverage is point-sampled at pixel centres; both windings are drawn (no
+  culling); the smallest z/w wins (OpenGL's LESS; exact ties: the larger id);
+  pixels whose z/w lies outside [-1, 1] are discarded (what clipping against
+  the near and far planes does); triangles behind the eye or crossing w = 0
+  are rasterized through homogeneous edge functions without clipping.
+  Zero-area triangles cover nothing. A pixel centre exactly on an edge shared
+  by two triangles is covered by exactly one (a top-left rule, coverage.py).
+- Differentiability: coverage and triangle ids are not differentiable; u, v,
+  z/w and rast_db are, with respect to pos. They are recomputed at each pixel
+  centre from the winning triangle's corners with plain jnp, so autodiff gives
+  the gradients of the barycentric formula, as nvdiffrast's hand-written
+  backward does for u, v and rast_db. nvdiffrast passes no gradient through
+  the z/w channel; we do (apply stop_gradient to rast[..., 2] to match).
 
-Backends: "jax" (raster_jax.py; CPU, GPU, TPU). "pallas" and "nvdiffrast" are
-named by the design but not built yet: choosing them raises a clear error.
+Backends: "jax" (coverage.py + the per-pixel pass below; CPU, GPU, TPU, under
+jit, vmap and grad). "pallas" and "nvdiffrast" are reserved names.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from face3d_kernels import raster_jax
+from face3d_kernels import _checks, coverage
 
 BACKENDS = ("jax", "pallas", "nvdiffrast")
 
@@ -34,104 +47,104 @@ BACKENDS = ("jax", "pallas", "nvdiffrast")
 def _check_backend(backend):
     if backend not in BACKENDS:
         raise ValueError(f"rasterize: unknown backend {backend!r}; choose one of {BACKENDS}")
+    if backend == "nvdiffrast":
+        try:
+            has_gpu = bool(jax.devices("gpu"))
+        except RuntimeError:
+            has_gpu = False
+        if not has_gpu or importlib.util.find_spec("nvdiffrast") is None:
+            raise RuntimeError("rasterize: backend 'nvdiffrast' needs a CUDA GPU and the "
+                               "nvdiffrast package (BUILD.md, 'Accelerators'); use backend='jax'")
     if backend != "jax":
-        raise NotImplementedError(
-            f"rasterize: backend {backend!r} is not built yet; use backend='jax' "
-            "(see BUILD.md, 'Accelerators')")
+        raise NotImplementedError(f"rasterize: backend {backend!r} is not built yet; use "
+                                  "backend='jax' (BUILD.md, 'Accelerators')")
 
 
-def _check_pos_tri(pos, tri, fn):
-    if pos.ndim != 3 or pos.shape[-1] != 4:
-        raise ValueError(f"{fn}: pos must be (B, V, 4) clip-space positions, got {pos.shape}")
-    if tri.ndim != 2 or tri.shape[-1] != 3:
-        raise ValueError(f"{fn}: tri must be (T, 3) vertex indices, got {tri.shape}")
-    if not jnp.issubdtype(tri.dtype, jnp.integer):
-        raise ValueError(f"{fn}: tri must be integer, got {tri.dtype}")
-    if isinstance(tri, np.ndarray) and tri.size and (tri.min() < 0 or tri.max() >= pos.shape[1]):
-        raise ValueError(f"{fn}: tri indices span [{tri.min()}, {tri.max()}], "
-                         f"but pos has {pos.shape[1]} vertices")
-
-
-def rasterize(pos, tri, resolution, *, grad_db: bool = True, backend: str = "jax"):
-    """Rasterizes triangles (nvdiffrast's `rasterize`).
+def rasterize(pos, tri, resolution, *, grad_db: bool = True, backend: str = "jax",
+              capacity: int | None = None):
+    """Rasterizes triangles (nvdiffrast's `rasterize`; conventions above).
 
     Args:
-      pos: (B, V, 4) float32 clip-space vertex positions.
-      tri: (T, 3) int32 triangles.
-      resolution: (H, W) static ints >= 1.
+      pos: (B, V, 4) float32 clip-space vertex positions (x, y, z, w); other
+        floating dtypes are converted to float32.
+      tri: (T, 3) int32 vertex indices (any integer dtype), shared by the batch.
+      resolution: (H, W) ints >= 1, static.
       grad_db: also return the image-space derivatives of (u, v).
-      backend: "jax" (default).
+      backend: "jax" (default); "pallas" and "nvdiffrast" are not built yet.
+      capacity: fragments (pixels of triangles' screen boxes) evaluated per
+        chunk of the visibility pass; static, default
+        `coverage.default_capacity` (2^17 on CPU, up to 2^22 elsewhere). A
+        scene with more fragments takes several chunks; none is dropped.
     Returns:
-      rast (B, H, W, 4) float32 = (u, v, z/w, triangle_id + 1), and rast_db
-      (B, H, W, 4) float32 = (du/dX, du/dY, dv/dX, dv/dY) or None.
+      rast: (B, H, W, 4) float32 (u, v, z/w, triangle_id + 1), zeros where empty.
+      rast_db: (B, H, W, 4) float32 (du/dX, du/dY, dv/dX, dv/dY) in pixel units,
+        zeros where empty; None if grad_db is False.
     """
     _check_backend(backend)
-    height, width = (int(r) for r in resolution)
-    if height < 1 or width < 1:
-        raise ValueError(f"rasterize: resolution must be positive, got {resolution}")
-    _check_pos_tri(pos, tri, "rasterize")
-    pos = jnp.asarray(pos, jnp.float32)
-    tri = jnp.asarray(tri, jnp.int32)
-    rast, rast_db = _rasterize_jax(pos, tri, (height, width))
-    return rast, (rast_db if grad_db else None)
+    height, width = _checks.resolution(resolution, "rasterize")
+    pos = _checks.float_array(pos, "pos", "rasterize")
+    if pos.ndim != 3 or pos.shape[-1] != 4:
+        raise ValueError(f"rasterize: pos must be (B, V, 4) clip-space positions, got {pos.shape}")
+    tri = _checks.triangles(tri, pos.shape[1], "rasterize")
+    if capacity is None:
+        capacity = coverage.default_capacity(pos.shape[0], height, width, jax.default_backend())
+    elif int(capacity) < 1:
+        raise ValueError(f"rasterize: capacity must be >= 1, got {capacity}")
+    rast, rast_db = _rasterize_jax(pos, tri, (height, width), int(capacity), bool(grad_db))
+    return rast, rast_db
 
 
-@functools.partial(jax.jit, static_argnums=2)
-def _rasterize_jax(pos, tri, resolution):
-    # Jitted here so that eager callers compile the binning loops once per
-    # shape instead of on every call.
-    ids = raster_jax.rasterize_ids(pos, tri, resolution)
-    return raster_jax.barycentrics(pos, tri, ids, resolution)
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _rasterize_jax(pos, tri, resolution, capacity, grad_db):
+    if tri.shape[0] == 0:
+        empty = jnp.zeros((pos.shape[0],) + resolution + (4,), jnp.float32)
+        return empty, (empty if grad_db else None)
+    ids = coverage.visible_triangles(pos, tri, resolution, capacity)
+    return pixel_barycentrics(pos, tri, ids, resolution, grad_db)
 
 
-def interpolate(attr, rast, tri, rast_db=None, diff_attrs=None):
-    """Interpolates vertex attributes over the image (nvdiffrast's `interpolate`).
+def pixel_barycentrics(pos, tri, ids, resolution, grad_db=True):
+    """(u, v, z/w) and their pixel derivatives at each pixel's triangle.
 
     Args:
-      attr: (B, V, C) or (V, C) float32 attributes.
-      rast: (B, H, W, 4) from `rasterize`.
-      tri: (T, 3) int32, the same triangles (or an index buffer with the same
-        triangle count into `attr`, e.g. FLAME's UV faces).
-      rast_db: (B, H, W, 4) from `rasterize`, needed for derivatives.
-      diff_attrs: None, "all", or a sequence of attribute indices whose image
-        derivatives are wanted.
+      pos: (B, V, 4) float32 clip-space positions (differentiable).
+      tri: (T, 3) int32, T >= 1.
+      ids: (B, H, W) int32 triangle id + 1, 0 where empty.
+      resolution: (H, W).
+      grad_db: compute rast_db.
     Returns:
-      out (B, H, W, C) float32: u a0 + v a1 + (1-u-v) a2 where covered, else 0;
-      out_da (B, H, W, 2 * len(diff_attrs)) float32 = (dA/dX, dA/dY) per
-      selected attribute, or None.
+      rast (B, H, W, 4) and rast_db (B, H, W, 4) or None, as `rasterize`.
     """
-    attr = jnp.asarray(attr, jnp.float32)
-    if rast.ndim != 4 or rast.shape[-1] != 4:
-        raise ValueError(f"interpolate: rast must be (B, H, W, 4), got {rast.shape}")
-    if attr.ndim == 2:
-        attr = jnp.broadcast_to(attr, (rast.shape[0],) + attr.shape)
-    if attr.ndim != 3 or attr.shape[0] != rast.shape[0]:
-        raise ValueError(f"interpolate: attr must be (B, V, C) or (V, C) with B = "
-                         f"{rast.shape[0]}, got {attr.shape}")
-    tri = jnp.asarray(tri, jnp.int32)
-    if tri.ndim != 2 or tri.shape[-1] != 3:
-        raise ValueError(f"interpolate: tri must be (T, 3), got {tri.shape}")
-    covered = rast[..., 3:4] > 0
-    t = jnp.maximum(rast[..., 3].astype(jnp.int32) - 1, 0)
-    corners = tri[t]  # (B, H, W, 3)
-    a = jax_gather(attr, corners)  # (B, H, W, 3, C)
-    u, v = rast[..., 0:1], rast[..., 1:2]
-    out = u * a[..., 0, :] + v * a[..., 1, :] + (1.0 - u - v) * a[..., 2, :]
-    out = jnp.where(covered, out, 0.0)
-    if diff_attrs is None or rast_db is None:
-        return out, None
-    idx = list(range(attr.shape[-1])) if diff_attrs == "all" else [int(i) for i in diff_attrs]
-    sel = a[..., jnp.asarray(idx)]
-    d0, d1 = sel[..., 0, :] - sel[..., 2, :], sel[..., 1, :] - sel[..., 2, :]
-    da_dx = rast_db[..., 0:1] * d0 + rast_db[..., 2:3] * d1
-    da_dy = rast_db[..., 1:2] * d0 + rast_db[..., 3:4] * d1
-    out_da = jnp.stack([da_dx, da_dy], axis=-1).reshape(da_dx.shape[:-1] + (2 * len(idx),))
-    return out, jnp.where(covered, out_da, 0.0)
+    height, width = resolution
+    batch, num_tri = pos.shape[0], tri.shape[0]
+    covered = ids > 0
+    flat = jnp.maximum(ids - 1, 0) + (jnp.arange(batch, dtype=jnp.int32) * num_tri)[:, None, None]
+    # One 1-D gather per corner coordinate (the fastest layout for XLA on CPU).
+    c = [col.reshape(-1)[flat] for col in coverage.triangle_corners(pos, tri)]  # (B, H, W) each
+    x = ((2.0 * jnp.arange(width, dtype=jnp.float32) + 1.0) / width - 1.0)[None, None, :]
+    y = ((2.0 * jnp.arange(height, dtype=jnp.float32) + 1.0) / height - 1.0)[None, :, None]
+    e, grad = coverage.edge_functions([(c[4 * i], c[4 * i + 1], c[4 * i + 3]) for i in range(3)],
+                                      x, y)
+    total = jnp.where(covered, e[0] + e[1] + e[2], 1.0)
+    bary = [ei / total for ei in e]
+    # Materialised once: fused into each output channel, XLA would redo the gathers.
+    bary, total = jax.lax.optimization_barrier((bary, total))
+    z = bary[0] * c[2] + bary[1] * c[6] + bary[2] * c[10]
+    w = bary[0] * c[3] + bary[1] * c[7] + bary[2] * c[11]
+    zw = z / jnp.where(covered, w, 1.0)
 
+    def masked(channels):
+        return jnp.where(covered[..., None], jnp.stack(channels, axis=-1), 0.0)
 
-def jax_gather(attr, corners):
-    """attr (B, V, C) at corners (B, H, W, 3) -> (B, H, W, 3, C)."""
-    batch = attr.shape[0]
-    flat = corners.reshape(batch, -1)
-    got = jnp.take_along_axis(attr, flat[..., None], axis=1)
-    return got.reshape(corners.shape + (attr.shape[-1],))
+    rast = masked([bary[0], bary[1], zw, ids.astype(jnp.float32)])
+    if not grad_db:
+        return rast, None
+    # Pixel derivatives: d E_i / dX = dE_i/dx * 2 / W (NDC per pixel), then the
+    # quotient rule for b_i = E_i / sum(E).
+    sum_x = grad[0][0] + grad[1][0] + grad[2][0]
+    sum_y = grad[0][1] + grad[1][1] + grad[2][1]
+    db = []
+    for i in range(2):
+        db.append((grad[i][0] - bary[i] * sum_x) * (2.0 / width) / total)
+        db.append((grad[i][1] - bary[i] * sum_y) * (2.0 / height) / total)
+    return rast, masked(db)
