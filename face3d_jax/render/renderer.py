@@ -130,6 +130,10 @@ def render(vertices, faces, uv_coords, uv_faces, albedo_map, camera, resolution,
     if (sh_coeffs is None) == (phong is None):
         raise ValueError("render: give exactly one light, sh_coeffs=(B, 9, 3) or phong=PhongLight")
     height, width = resolution
+    # From the caller's array: a concrete (numpy or committed) face list gets its
+    # edge topology on the host, rather than a sort that XLA would constant-fold
+    # at every compile.
+    topology = kernels.antialias_construct_topology_hash(faces)
     faces = jnp.asarray(faces, jnp.int32)
     uv_faces = jnp.asarray(uv_faces, jnp.int32)
     clip = camera.project(vertices)
@@ -162,7 +166,7 @@ def render(vertices, faces, uv_coords, uv_faces, albedo_map, camera, resolution,
         background = jnp.zeros_like(color)
     composite = color * covered + background * (1.0 - covered)
     packed = jnp.concatenate([composite, covered], axis=-1)
-    packed = kernels.antialias(packed, rast, clip, faces)
+    packed = kernels.antialias(packed, rast, clip, faces, topology_hash=topology)
     landmarks2d = None
     if landmarks is not None:
         landmarks2d = cameras.clip_to_pixels(camera.project(landmarks), (height, width))
