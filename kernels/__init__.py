@@ -7,7 +7,8 @@ in JAX: `rasterize`, `interpolate`, `texture`, `antialias`.
     uv, uv_da = interpolate(uv_attr, rast, uv_tri, rast_db=rast_db, diff_attrs="all")
 
 `rasterize(..., backend=...)` chooses the implementation: one of `BACKENDS`
-("jax", the default, runs everywhere JAX does). Conventions (pixel centres,
+("jax", the default, runs everywhere JAX does; "pallas", a tiled kernel for
+accelerators, interpreted on CPU). Conventions (pixel centres,
 row 0 at NDC y = -1, channel orders) are nvdiffrast's: see rasterize.py.
 `face3d_kernels.reference.rasterize_reference` is a brute-force numpy version
 for tests.

@@ -147,14 +147,15 @@ def screen_boxes(verts, height, width):
     return x0, y0, x1, y1
 
 
-def _fragment_tables(pos, tri, height, width):
-    """Per-triangle columns for the fragment sweep, flattened over the batch.
+def triangle_setup(pos, tri, height, width):
+    """Per-triangle data shared by the visibility passes (this module's and the
+    Pallas kernel's).
 
-    Kept as separate 1-D arrays: on CPU, XLA gathers single columns an order of
-    magnitude faster than rows of a (N, k) table.
-    Returns ints (first fragment, x0, y0, box width), floats (the corners'
-    (x, y, z, w), reordered so that det(A) > 0), each (B*T,), and the total
-    fragment count.
+    Returns:
+      floats: 12 (B, T) float32 arrays, corner i's (x, y, z, w) at 4 i + c,
+        corners 1 and 2 swapped where needed so that det(A) > 0;
+      box: (x0, y0, x1, y1) (B, T) int32 inclusive pixel bounds (`screen_boxes`);
+      live: (B, T) bool, False for triangles that can cover nothing.
     """
     c = triangle_corners(pos, tri)
     e, _ = edge_functions([(c[4 * i], c[4 * i + 1], c[4 * i + 3]) for i in range(3)], 0.0, 0.0)
@@ -163,14 +164,47 @@ def _fragment_tables(pos, tri, height, width):
     floats = c[0:4] + [jnp.where(flip, c[8 + k], c[4 + k]) for k in range(4)]
     floats += [jnp.where(flip, c[4 + k], c[8 + k]) for k in range(4)]
     x0, y0, x1, y1 = screen_boxes(pos[:, tri], height, width)
+
     # A triangle with two equal corners (repeated indices, as padding makes, or
     # coincident vertices) has zero area, but XLA may contract a*b - c*d into
     # an FMA, which leaves rounding noise in its det and edge functions rather
     # than exact zeros: it would then cover pixels at random. Decide it exactly.
     def same(i, j):
-        return (c[4 * i] == c[4 * j]) & (c[4 * i + 1] == c[4 * j + 1]) & (c[4 * i + 3] == c[4 * j + 3])
+        return ((c[4 * i] == c[4 * j]) & (c[4 * i + 1] == c[4 * j + 1])
+                & (c[4 * i + 3] == c[4 * j + 3]))
     repeated = same(0, 1) | same(1, 2) | same(2, 0)
     live = (det != 0) & ~repeated & (x0 <= x1) & (y0 <= y1)
+    return floats, (x0, y0, x1, y1), live
+
+
+def owners(first, begin, capacity):
+    """Which item owns each of the numbers [begin, begin + capacity), when item
+    k owns the consecutive numbers from first[k] on (first ascending, as an
+    exclusive prefix sum of counts makes it).
+
+    Args:
+      first: (N,) int32 ascending; begin: int32 scalar; capacity: static int.
+    Returns:
+      (capacity,) int32 owner indices in [0, N).
+    """
+    owner_at_begin = jnp.sum(first <= begin) - 1
+    offset = first - begin
+    marks = jnp.zeros(capacity, jnp.int32).at[jnp.where(offset > 0, offset, capacity)].add(
+        1, mode="drop")
+    owner = owner_at_begin + jax.lax.associative_scan(jnp.add, marks)
+    return jnp.clip(owner, 0, first.shape[0] - 1)
+
+
+def _fragment_tables(pos, tri, height, width):
+    """Per-triangle columns for the fragment sweep, flattened over the batch.
+
+    Kept as separate 1-D arrays: on CPU, XLA gathers single columns an order of
+    magnitude faster than rows of a (N, k) table.
+    Returns ints (first fragment, x0, y0, box width), floats (the corners'
+    (x, y, z, w), oriented as `triangle_setup` says), each (B*T,), and the total
+    fragment count.
+    """
+    floats, (x0, y0, x1, y1), live = triangle_setup(pos, tri, height, width)
     box_w = jnp.maximum(x1 - x0 + 1, 1)
     count = jnp.where(live, box_w * (y1 - y0 + 1), 0).reshape(-1)
     first = jnp.cumsum(count) - count
@@ -187,13 +221,7 @@ def _chunk(index, ints, floats, total, capacity, num_tri, height, width):
     first, x0, y0, box_w = ints
     num_pixels = first.shape[0] // num_tri * height * width
     begin = index * capacity
-    # Owner of fragment g: the last triangle whose first fragment is <= g.
-    owner_at_begin = jnp.sum(first <= begin) - 1
-    offset = first - begin
-    marks = jnp.zeros(capacity, jnp.int32).at[jnp.where(offset > 0, offset, capacity)].add(
-        1, mode="drop")
-    owner = owner_at_begin + jax.lax.associative_scan(jnp.add, marks)
-    owner = jnp.clip(owner, 0, first.shape[0] - 1)
+    owner = owners(first, begin, capacity)  # the last triangle whose first fragment is <= g
     frag = begin + jnp.arange(capacity, dtype=jnp.int32)
     local = frag - first[owner]
     width_of_box = box_w[owner]

@@ -28,7 +28,9 @@
   the z/w channel; we do (apply stop_gradient to rast[..., 2] to match).
 
 Backends: "jax" (coverage.py + the per-pixel pass below; CPU, GPU, TPU, under
-jit, vmap and grad). "pallas" and "nvdiffrast" are reserved names.
+jit, vmap and grad); "pallas" (raster_pallas.py's tiled visibility kernel + the
+same per-pixel pass; checked against "jax" in Pallas's interpreter on CPU, not
+yet run on an accelerator). "nvdiffrast" is a reserved name.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import importlib.util
 import jax
 import jax.numpy as jnp
 
-from face3d_kernels import _checks, coverage
+from face3d_kernels import _checks, coverage, raster_pallas
 
 BACKENDS = ("jax", "pallas", "nvdiffrast")
 
@@ -55,9 +57,9 @@ def _check_backend(backend):
         if not has_gpu or importlib.util.find_spec("nvdiffrast") is None:
             raise RuntimeError("rasterize: backend 'nvdiffrast' needs a CUDA GPU and the "
                                "nvdiffrast package (BUILD.md, 'Accelerators'); use backend='jax'")
-    if backend != "jax":
-        raise NotImplementedError(f"rasterize: backend {backend!r} is not built yet; use "
-                                  "backend='jax' (BUILD.md, 'Accelerators')")
+    if backend == "nvdiffrast":
+        raise NotImplementedError("rasterize: backend 'nvdiffrast' is not built yet; use "
+                                  "backend='jax' or 'pallas' (BUILD.md, 'Accelerators')")
 
 
 def rasterize(pos, tri, resolution, *, grad_db: bool = True, backend: str = "jax",
@@ -70,11 +72,15 @@ def rasterize(pos, tri, resolution, *, grad_db: bool = True, backend: str = "jax
       tri: (T, 3) int32 vertex indices (any integer dtype), shared by the batch.
       resolution: (H, W) ints >= 1, static.
       grad_db: also return the image-space derivatives of (u, v).
-      backend: "jax" (default); "pallas" and "nvdiffrast" are not built yet.
-      capacity: fragments (pixels of triangles' screen boxes) evaluated per
-        chunk of the visibility pass; static, default
-        `coverage.default_capacity` (2^17 on CPU, up to 2^22 elsewhere). A
-        scene with more fragments takes several chunks; none is dropped.
+      backend: "jax" (default), or "pallas" (a tiled kernel for accelerators,
+        raster_pallas.py; on CPU it runs in Pallas's interpreter, slowly: for
+        tests). "nvdiffrast" is not built yet.
+      capacity: static work items per chunk of the visibility pass: fragments
+        (pixels of triangles' screen boxes) for "jax", default
+        `coverage.default_capacity` (2^17 on CPU, up to 2^22 elsewhere);
+        (triangle, tile) pairs for "pallas", default
+        `raster_pallas.default_capacity`. A scene with more takes several
+        chunks; none is dropped.
     Returns:
       rast: (B, H, W, 4) float32 (u, v, z/w, triangle_id + 1), zeros where empty.
       rast_db: (B, H, W, 4) float32 (du/dX, du/dY, dv/dX, dv/dY) in pixel units,
@@ -86,20 +92,27 @@ def rasterize(pos, tri, resolution, *, grad_db: bool = True, backend: str = "jax
     if pos.ndim != 3 or pos.shape[-1] != 4:
         raise ValueError(f"rasterize: pos must be (B, V, 4) clip-space positions, got {pos.shape}")
     tri = _checks.triangles(tri, pos.shape[1], "rasterize")
-    if capacity is None:
-        capacity = coverage.default_capacity(pos.shape[0], height, width, jax.default_backend())
-    elif int(capacity) < 1:
+    if capacity is not None and int(capacity) < 1:
         raise ValueError(f"rasterize: capacity must be >= 1, got {capacity}")
-    rast, rast_db = _rasterize_jax(pos, tri, (height, width), int(capacity), bool(grad_db))
+    if capacity is None and backend == "jax":
+        capacity = coverage.default_capacity(pos.shape[0], height, width, jax.default_backend())
+    elif capacity is None:
+        capacity = raster_pallas.default_capacity(pos.shape[0] * tri.shape[0])
+    rast, rast_db = _rasterize(pos, tri, (height, width), int(capacity), bool(grad_db), backend,
+                               jax.default_backend() == "cpu")
     return rast, rast_db
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3, 4))
-def _rasterize_jax(pos, tri, resolution, capacity, grad_db):
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6))
+def _rasterize(pos, tri, resolution, capacity, grad_db, backend, on_cpu):
     if tri.shape[0] == 0:
         empty = jnp.zeros((pos.shape[0],) + resolution + (4,), jnp.float32)
         return empty, (empty if grad_db else None)
-    ids = coverage.visible_triangles(pos, tri, resolution, capacity)
+    if backend == "pallas":
+        ids = raster_pallas.visible_triangles(pos, tri, resolution, capacity=capacity,
+                                              interpret=on_cpu)
+    else:
+        ids = coverage.visible_triangles(pos, tri, resolution, capacity)
     return pixel_barycentrics(pos, tri, ids, resolution, grad_db)
 
 
