@@ -4,6 +4,11 @@
     face3d render [--yaw DEG ...] [--resolution N] [--out DIR] [--seed S] [--model PATH]
     face3d assets make-default --out DIR [--seed S]
     face3d assets import-flame PATH --out DIR
+    face3d landmarks IMAGE... --out FILE.json [--draw OUT.png]
+    face3d embed IMAGE... --out FILE.npy [--model DAT]
+    face3d convert stylegan2 IN.pt --out DIR [--reader auto|torch]
+    face3d sample DIR (--z Z.npy | --seed S) [--num N] [--truncation T]
+                  [--noise const|random|none] --out IMG.png
 """
 
 from __future__ import annotations
@@ -38,6 +43,37 @@ def _import_flame(args):
     from face3d_jax.flame.io import import_flame
 
     print(f"wrote {import_flame(args.path, args.out)}")
+
+
+def _convert_stylegan2(args):
+    from face3d_jax.convert.stylegan2 import convert_rosinality
+
+    result = convert_rosinality(args.path, args.out, reader=args.reader)
+    d = "none" if result.discriminator_params is None else f"{result.discriminator_params:,}"
+    print(f"converted StyleGAN2 {result.config.resolution}x{result.config.resolution}: "
+          f"G {result.generator_params:,} parameters, D {d} parameters -> {args.out}")
+
+
+def _sample(args):
+    from face3d_jax.convert.stylegan2 import load_config
+    from face3d_jax.nets.stylegan2_sample import load_z, sample_images
+
+    z = None if args.z is None else load_z(args.z, load_config(args.folder).style_dim)
+    for path in sample_images(args.folder, args.out, z=z, seed=args.seed, num=args.num,
+                              truncation=args.truncation, noise_mode=args.noise):
+        print(f"wrote {path}")
+
+
+def _landmarks(args):
+    from face3d_jax.data.face_commands import write_landmarks
+
+    write_landmarks(args.images, args.out, draw=args.draw)
+
+
+def _embed(args):
+    from face3d_jax.data.face_commands import write_embeddings
+
+    write_embeddings(args.images, args.out, model_path=args.model)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,6 +117,49 @@ def build_parser() -> argparse.ArgumentParser:
                                   "landmark embeddings and UV template")
     imp.add_argument("--out", required=True, help="output folder")
     imp.set_defaults(func=_import_flame)
+
+    conv = sub.add_parser("convert", help="convert PyTorch checkpoints into the project's "
+                                          "parameters")
+    csub = conv.add_subparsers(dest="convert_command", required=True, metavar="MODEL")
+    sg2 = csub.add_parser("stylegan2", help="a rosinality stylegan2-pytorch .pt (g_ema, g, d, "
+                                            "latent_avg) -> npz + json")
+    sg2.add_argument("path", help="the .pt checkpoint")
+    sg2.add_argument("--out", required=True, help="output folder")
+    sg2.add_argument("--reader", choices=("auto", "torch"), default="auto",
+                     help="auto: restricted reader without torch (default); torch: "
+                          "torch.load(weights_only=True)")
+    sg2.set_defaults(func=_convert_stylegan2)
+
+    samp = sub.add_parser("sample", help="images from a converted StyleGAN2 folder")
+    samp.add_argument("folder", help="output folder of `face3d convert stylegan2`")
+    src = samp.add_mutually_exclusive_group(required=True)
+    src.add_argument("--z", help="a .npy of z, (512,) or (B, 512)")
+    src.add_argument("--seed", type=int, help="draw z from this PRNG seed")
+    samp.add_argument("--num", type=int, default=1, help="images to draw with --seed")
+    samp.add_argument("--truncation", type=float, default=1.0,
+                      help="truncation psi toward the mean latent (default: 1, none)")
+    samp.add_argument("--noise", choices=("const", "random", "none"), default="const",
+                      help="const: the checkpoint's noise buffers, image = f(z) (default)")
+    samp.add_argument("--out", required=True, help="PNG path (several: _0000, _0001, ...)")
+    samp.set_defaults(func=_sample)
+
+    lmk = sub.add_parser("landmarks", help="detect faces and their 68 landmarks (dlib) "
+                                           "and save them as JSON")
+    lmk.add_argument("images", nargs="+", help="image files")
+    lmk.add_argument("--out", required=True, help="output JSON file")
+    lmk.add_argument("--draw", default=None,
+                     help="also draw the landmarks into this PNG (several images: "
+                          "one PNG each, named after it)")
+    lmk.set_defaults(func=_landmarks)
+    emb = sub.add_parser("embed", help="128-d identity descriptor of the largest face "
+                                       "of each image (dlib's ResNet, our Flax port)")
+    emb.add_argument("images", nargs="+", help="image files")
+    emb.add_argument("--out", required=True, help="output .npy, (N, 128) float32; NaN "
+                                                  "rows for images without a face")
+    emb.add_argument("--model", default=None,
+                     help="dlib_face_recognition_resnet_model_v1.dat (default: the one "
+                          "in the face-recognition-models package)")
+    emb.set_defaults(func=_embed)
     return parser
 
 
@@ -88,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
         # Bad input ends with one line a person can act on, not a traceback.
         print(f"face3d: error: {exc}", file=sys.stderr)
         return 2
