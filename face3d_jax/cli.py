@@ -6,9 +6,12 @@
     face3d assets import-flame PATH --out DIR
     face3d landmarks IMAGE... --out FILE.json [--draw OUT.png]
     face3d embed IMAGE... --out FILE.npy [--model DAT]
+    face3d extract-albedo IMAGE --out DIR [--size N] [--model PATH]
     face3d convert stylegan2 IN.pt --out DIR [--reader auto|torch]
     face3d sample DIR (--z Z.npy | --seed S) [--num N] [--truncation T]
                   [--noise const|random|none] --out IMG.png
+    face3d teacher [--num N] [--resolution R] --out DIR [--seed S] [--albedo-size A]
+                   [--displacement-size D] [--truncation T] [--batch B] [--model PATH]
 """
 
 from __future__ import annotations
@@ -74,6 +77,23 @@ def _embed(args):
     from face3d_jax.data.face_commands import write_embeddings
 
     write_embeddings(args.images, args.out, model_path=args.model)
+
+
+def _teacher(args):
+    from face3d_jax.data.teacher_commands import write_teacher_samples
+
+    written = write_teacher_samples(
+        args.out, num=args.num, resolution=args.resolution, seed=args.seed,
+        albedo_size=args.albedo_size, displacement_size=args.displacement_size,
+        truncation=args.truncation, batch=args.batch, model_path=args.model)
+    print(f"wrote {len(written) - 1} PNGs and {written[-1]}")
+
+
+def _extract_albedo(args):
+    from face3d_jax.extract_albedo import write_albedo_files
+
+    for path in write_albedo_files(args.image, args.out, model_path=args.model, size=args.size):
+        print(f"wrote {path}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,6 +180,33 @@ def build_parser() -> argparse.ArgumentParser:
                      help="dlib_face_recognition_resnet_model_v1.dat (default: the one "
                           "in the face-recognition-models package)")
     emb.set_defaults(func=_embed)
+
+    alb = sub.add_parser("extract-albedo", help="pseudo-ground-truth UV albedo of the largest "
+                                                "face in a photograph (Sec. 3.1-3.2)")
+    alb.add_argument("image", help="image file")
+    alb.add_argument("--out", required=True, help="output folder: texture.png, shading.png "
+                                                  "(stored halved: 1.0 is mid-grey), albedo.png, "
+                                                  "crop.png, fit.npz")
+    alb.add_argument("--size", type=int, default=512, help="UV map size (default: 512)")
+    alb.add_argument("--model", default=None, help="a FLAME model instead of the default")
+    alb.set_defaults(func=_extract_albedo)
+
+    teach = sub.add_parser("teacher", help="render samples of the synthetic teacher world "
+                                           "(PNGs) with their 3D truth (truth.npz)")
+    teach.add_argument("--num", type=int, default=8, help="number of samples (default: 8)")
+    teach.add_argument("--resolution", type=int, default=256, help="image size (default: 256)")
+    teach.add_argument("--out", required=True, help="output folder")
+    teach.add_argument("--seed", type=int, default=0,
+                       help="seed of the world and of the samples (default: 0)")
+    teach.add_argument("--albedo-size", type=int, default=256,
+                       help="UV albedo size (default: 256; the paper's is 1024)")
+    teach.add_argument("--displacement-size", type=int, default=256,
+                       help="UV displacement size (default: 256)")
+    teach.add_argument("--truncation", type=float, default=1.0,
+                       help="truncation psi toward the mean w (default: 1, none)")
+    teach.add_argument("--batch", type=int, default=4, help="samples per compiled call")
+    teach.add_argument("--model", default=None, help="a FLAME model instead of the default")
+    teach.set_defaults(func=_teacher)
     return parser
 
 

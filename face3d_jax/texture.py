@@ -230,7 +230,7 @@ def estimate_sh_light(texture, normals, weight, ridge: float = 1e-3):
 
 
 def albedo_from_texture(texture, normals, weight, *, mirror_alpha=None,
-                        min_shading: float = 0.05, albedo_level: float | None = None,
+                        min_shading: float = 0.25, albedo_level: float | None = None,
                         ridge: float = 1e-3):
     """Sec. 3.2: A = T / S with S = sum_b L_b H_b(N) fitted to the texture.
 
@@ -245,7 +245,10 @@ def albedo_from_texture(texture, normals, weight, *, mirror_alpha=None,
       normals: (B, Ta, Ta, 3) float32 unit normals (the light's frame).
       weight: (B, Ta, Ta) float32 texels used for the light fit.
       mirror_alpha: optional (B, Ta, Ta) original share from `flip_complete`.
-      min_shading: floor of S before dividing.
+      min_shading: floor of S before dividing (S averages 1 over the fitted
+        texels unless `albedo_level` rescales it): where the fitted light
+        extrapolates to dark shading (normals far from those seen), a lower
+        floor blows the albedo out.
       albedo_level: mean luminance wanted for the albedo over the fitted
         texels; None: the shading averages 1 there (see the module docstring).
       ridge: `estimate_sh_light`'s regulariser.

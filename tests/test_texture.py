@@ -123,3 +123,29 @@ def test_pseudo_ground_truth_albedo_of_a_rendered_face(default_flame, uvr):
     assert psnr(result.albedo[0], albedo[0], seen) > 20.0
     filled = np.asarray(result.albedo[0])
     assert np.all(np.isfinite(filled)) and filled[inside].min() > 0.0  # no holes left
+
+
+def test_extract_albedo_from_a_real_photograph(tmp_path):
+    # skimage's astronaut: dlib's landmarks, the landmark fit, the extraction.
+    skimage_data = pytest.importorskip("skimage.data")
+    from face3d_jax.data.faces import FaceTools
+    from face3d_jax.extract_albedo import extract_albedo
+    from face3d_jax.flame import default_model
+
+    image = skimage_data.astronaut()
+    face = FaceTools.load().detect(image)[0]
+    model = default_model()
+    result, fit, crop = extract_albedo(image, face.landmarks, model, size=64, crop_size=192,
+                                       fit_steps=150)
+    from face3d_jax.data.faces import crop_matrix, transform_points
+    target = transform_points(face.landmarks, crop_matrix(face.landmarks, 192)) + 0.5
+    assert np.linalg.norm(np.asarray(fit.landmarks2d[0]) - target, axis=-1).mean() < 4.0
+    albedo = np.asarray(result.albedo[0])
+    inside = np.asarray(T.uv_raster(model.uv_coords, model.uv_faces, 64).inside)
+    assert np.all(np.isfinite(albedo)) and albedo.min() >= 0 and albedo.max() <= 1
+    # Complete: every texel of the layout has a colour (the photo's dark suit
+    # and hair aside, nearly all are far from black).
+    assert (albedo[inside].max(axis=-1) > 0.05).mean() > 0.95
+    # The seen face is mostly skin: red above blue on average.
+    seen = np.asarray(result.confidence[0]) > 0.5
+    assert albedo[seen][:, 0].mean() > albedo[seen][:, 2].mean()
