@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from face3d_jax import gan_losses
+
 LossFn = Callable[..., jax.Array]
 _REGISTRY: dict[str, LossFn] = {}
 LOSSES: Mapping[str, LossFn] = MappingProxyType(_REGISTRY)
@@ -279,3 +281,11 @@ def regularization_loss(shape: jax.Array, expression: jax.Array,
         d = jnp.asarray(displacement, jnp.float32)
         per_image = per_image + jnp.sum(jnp.square(d.reshape(d.shape[0], -1)), axis=1)
     return jnp.mean(per_image)
+
+
+# StyleGAN2's adversarial losses and regularisers (Sec. 3.3, 5.2) live in
+# gan_losses.py; registered here so a config can name them like the others.
+register_loss("gan_d_logistic")(gan_losses.d_logistic_loss)
+register_loss("gan_g_nonsaturating")(gan_losses.g_nonsaturating_loss)
+register_loss("gan_r1")(gan_losses.r1_penalty)
+register_loss("gan_path_length")(gan_losses.path_length_penalty)

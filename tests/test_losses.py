@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from face3d_jax import losses
+from face3d_jax import gan_losses, losses
 from face3d_jax.losses import (
     DECA_LANDMARK_WEIGHTS, LOSSES, get_loss, identity_loss, landmark_loss, masked_mse,
     perceptual_loss, register_loss, regularization_loss, shape_center_loss,
@@ -21,6 +21,7 @@ PAPER_LOSSES = {"identity", "perceptual", "landmark", "symmetric_reconstruction"
 
 def test_registry_names_read_only_and_duplicates():
     assert PAPER_LOSSES <= set(LOSSES)
+    assert get_loss("gan_r1") is gan_losses.r1_penalty  # StyleGAN2's, by name too
     assert get_loss("identity") is identity_loss
     with pytest.raises(TypeError):
         LOSSES["identity"] = lambda *a: 0.0  # a read-only view
