@@ -25,9 +25,13 @@ Sec. 3.1, texture extraction and correction:
 
 Sec. 3.2, albedo from texture: Lambertian surface, distant monochromatic light,
 9 SH bands (DECA's basis, `render.shading.sh_basis`). `albedo_from_texture`
-fits the light by ridge-regularised least squares of the texture's luminance on
-the SH basis of the texel normals (over confidently seen texels), then
-A = T / S per channel. Albedo and light intensity are ambiguous up to a common
+fits the light by least squares of the texture's luminance on the SH basis of
+the texel normals over the seen texels (Huber-reweighted, so that albedo
+features such as brows and lips count less; the directional bands ridge-
+regularised, so weak evidence leaves the light nearly ambient), then
+A = T / S per channel. Measured in the teacher world (eval/teacher_albedo.py),
+where the lights are mostly ambient, this gains little over the naive texture:
+the single-albedo-level model cannot tell albedo from shading there. Albedo and light intensity are ambiguous up to a common
 scale; we fix it by making the fitted shading average 1 over the fitted texels
 (the albedo keeps the texture's mean brightness), or by `albedo_level` (the
 wanted mean luminance of the albedo) when a prior is known. The shading is
@@ -204,34 +208,54 @@ def push_pull_fill(texture, known):
     return filled
 
 
-def estimate_sh_light(texture, normals, weight, ridge: float = 1e-3):
+def estimate_sh_light(texture, normals, weight, ridge: float = 0.1, robust_steps: int = 3):
     """Sec. 3.2: monochromatic SH light from a texture and its normals.
 
     Least squares of the texture's luminance Y on the SH basis:
-    l = argmin sum_ij w_ij (H(N_ij) . l - Y_ij)^2 + ridge * n * |l|^2.
+    l = argmin sum_ij w_ij (H(N_ij) . l - Y_ij)^2 + ridge * n * |l_1..8|^2,
+    with the ambient band left unregularised. The model T = A S with one
+    albedo level is wrong wherever the albedo itself changes (brows, lips,
+    eyes, the mouth's inside), so `robust_steps` reweighting rounds (Huber's
+    weights, the scale from the median absolute residual) let those texels
+    count less.
 
     Args:
       texture: (B, Ta, Ta, 3) float32.
       normals: (B, Ta, Ta, 3) float32 unit normals.
       weight: (B, Ta, Ta) float32 >= 0, 0 for texels left out.
-      ridge: regulariser, relative to the total weight n.
+      ridge: regulariser of the 8 directional bands, relative to the total
+        weight n.
+      robust_steps: reweighting rounds after the plain least-squares fit.
     Returns:
       (B, 9) float32 coefficients; they absorb the albedo's mean luminance.
     """
     luma = texture @ jnp.asarray(_LUMA, texture.dtype)
-    basis = shading.sh_basis(normals)  # (B, Ta, Ta, 9)
-    b = basis.reshape(basis.shape[0], -1, 9)
-    w = weight.reshape(weight.shape[0], -1, 1)
-    y = luma.reshape(luma.shape[0], -1, 1)
-    n = jnp.maximum(jnp.sum(w, axis=(1, 2)), 1.0)
-    gram = jnp.einsum("bnk,bnl->bkl", b * w, b) + (ridge * n)[:, None, None] * jnp.eye(9)
-    rhs = jnp.einsum("bnk,bnl->bk", b * w, y)
-    return jnp.linalg.solve(gram, rhs[..., None])[..., 0]
+    b = shading.sh_basis(normals).reshape(normals.shape[0], -1, 9)
+    y = luma.reshape(luma.shape[0], -1)
+    w0 = weight.reshape(weight.shape[0], -1)
+    penalty = jnp.asarray([0.0] + [1.0] * 8, texture.dtype)
+
+    def solve(w):
+        n = jnp.maximum(jnp.sum(w, axis=1), 1.0)
+        gram = jnp.einsum("bnk,bnl->bkl", b * w[..., None], b)
+        gram = gram + (ridge * n)[:, None, None] * jnp.diag(penalty)
+        rhs = jnp.einsum("bnk,bn->bk", b * w[..., None], y)
+        return jnp.linalg.solve(gram + 1e-9 * jnp.eye(9), rhs[..., None])[..., 0]
+
+    light = solve(w0)
+    for _ in range(robust_steps):
+        residual = jnp.abs(jnp.einsum("bnk,bk->bn", b, light) - y)
+        # Weighted median of |r| over the fitted texels, via the fitted texels only.
+        masked = jnp.where(w0 > 0, residual, jnp.nan)
+        scale = 1.4826 * jnp.nanmedian(masked, axis=1, keepdims=True)
+        huber = jnp.minimum(1.0, 1.345 * jnp.maximum(scale, 1e-6) / jnp.maximum(residual, 1e-12))
+        light = solve(w0 * huber)
+    return light
 
 
 def albedo_from_texture(texture, normals, weight, *, mirror_alpha=None,
                         min_shading: float = 0.25, albedo_level: float | None = None,
-                        ridge: float = 1e-3):
+                        ridge: float = 0.1):
     """Sec. 3.2: A = T / S with S = sum_b L_b H_b(N) fitted to the texture.
 
     The light is fitted on the texels seen in the image (`weight`). A texel
