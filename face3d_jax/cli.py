@@ -12,6 +12,9 @@
                   [--noise const|random|none] --out IMG.png
     face3d teacher [--num N] [--resolution R] --out DIR [--seed S] [--albedo-size A]
                    [--displacement-size D] [--truncation T] [--batch B] [--model PATH]
+    face3d data generate --source teacher|stylegan2 [--checkpoint DIR] --identities N
+                   [--edits 11] --out DIR [--seed S] [--landmarks auto|detected|truth]
+                   [--boundaries DIR] [--resolution R] [--albedo-size A] [--fit-steps K]
 """
 
 from __future__ import annotations
@@ -94,6 +97,22 @@ def _extract_albedo(args):
 
     for path in write_albedo_files(args.image, args.out, model_path=args.model, size=args.size):
         print(f"wrote {path}")
+
+
+def _data_generate(args):
+    from face3d_jax.data.dataset import GenerateConfig, generate
+
+    cfg = GenerateConfig(
+        source=args.source, checkpoint=args.checkpoint, identities=args.identities,
+        edits=args.edits, resolution=args.resolution, albedo_size=args.albedo_size,
+        fit_size=args.fit_size, fit_steps=args.fit_steps, truncation=args.truncation,
+        boundaries=args.boundaries, landmarks=args.landmarks, seed=args.seed,
+        identities_per_shard=args.identities_per_shard, batch=args.batch, model=args.model)
+    r = generate(cfg, args.out)
+    print(f"wrote {r.images} images ({r.skipped_no_face} skipped: no face; dlib found none in "
+          f"{r.not_detected}) to {r.dataset_dir}; {r.shards_generated} shards generated, "
+          f"{r.shards_skipped} resumed; {r.generation_images_per_s:.2f} images/s generated, "
+          f"{r.albedo_images_per_s:.2f} images/s albedo")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -207,6 +226,39 @@ def build_parser() -> argparse.ArgumentParser:
     teach.add_argument("--batch", type=int, default=4, help="samples per compiled call")
     teach.add_argument("--model", default=None, help="a FLAME model instead of the default")
     teach.set_defaults(func=_teacher)
+
+    data = sub.add_parser("data", help="training data")
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    gen = dsub.add_parser("generate", help="Sec. 5.1's dataset (identities x InterFaceGAN "
+                                           "edits, crops, landmarks, pseudo-GT albedo) as a "
+                                           "TFDS ArrayRecord dataset; resumable")
+    gen.add_argument("--source", choices=("teacher", "stylegan2"), default="teacher",
+                     help="the teacher world (default) or a converted StyleGAN2")
+    gen.add_argument("--checkpoint", default=None,
+                     help="with --source stylegan2: a `face3d convert stylegan2` folder")
+    gen.add_argument("--identities", type=int, required=True, help="number of identities")
+    gen.add_argument("--edits", type=int, default=11,
+                     help="images per identity, the original included (default: 11)")
+    gen.add_argument("--out", required=True, help="output folder (rerun to resume)")
+    gen.add_argument("--seed", type=int, default=0, help="dataset seed (default: 0)")
+    gen.add_argument("--landmarks", choices=("auto", "detected", "truth"), default="auto",
+                     help="landmarks for crop and fit: auto = truth for the teacher, "
+                          "detected (dlib) for StyleGAN2")
+    gen.add_argument("--boundaries", default=None,
+                     help="folder of pre-computed InterFaceGAN boundaries <attribute>.npy "
+                          "(smile, jaw_open, yaw, pitch); default: fitted")
+    gen.add_argument("--resolution", type=int, default=256,
+                     help="teacher image size (default: 256; StyleGAN2: its own)")
+    gen.add_argument("--albedo-size", type=int, default=256, help="UV albedo size (default: 256)")
+    gen.add_argument("--fit-size", type=int, default=512,
+                     help="crop size of the landmark fit and texture extraction (default: 512)")
+    gen.add_argument("--fit-steps", type=int, default=300, help="landmark-fit Adam steps")
+    gen.add_argument("--truncation", type=float, default=1.0, help="truncation psi (default: 1)")
+    gen.add_argument("--identities-per-shard", type=int, default=16,
+                     help="identities per resumable shard (default: 16)")
+    gen.add_argument("--batch", type=int, default=8, help="images per compiled call")
+    gen.add_argument("--model", default=None, help="a FLAME model instead of the default")
+    gen.set_defaults(func=_data_generate)
     return parser
 
 
