@@ -218,15 +218,17 @@ def main(argv=None):
     print(f"{'res':>5} {'batch':>5} {'mode':>8} {'ours ms/img':>12} {'peer':>12} "
           f"{'peer ms/img':>12} {'peer/ours':>9} {'compile s':>9} {'peak MiB':>9}")
     rows = []
+    peer_runs = {}  # (res, peer batch) -> result: a fixed --peer-batch runs once per size
     for res in args.resolutions:
         for batch in args.batches:
             mine = ours(scene, res, batch, args.modes, args.repeats)
             peers = {}
             if args.jaxrenderer_python:
                 pb = args.peer_batch or batch
-                peers["jaxrenderer"] = (pb, jaxrenderer(args.jaxrenderer_python, scene, res, pb,
-                                                        args.peer_modes or args.modes,
-                                                        args.repeats))
+                if (res, pb) not in peer_runs:
+                    peer_runs[res, pb] = jaxrenderer(args.jaxrenderer_python, scene, res, pb,
+                                                     args.peer_modes or args.modes, args.repeats)
+                peers["jaxrenderer"] = (pb, peer_runs[res, pb])
             if args.nvdiffrast:
                 peers["nvdiffrast"] = (batch, nvdiffrast_peer(scene, res, batch, args.modes,
                                                               args.repeats))
