@@ -33,8 +33,6 @@ import importlib.metadata
 import json
 import os
 import platform
-import resource
-import statistics
 import sys
 import tempfile
 import time
@@ -52,6 +50,7 @@ import numpy as np  # noqa: E402
 from face3d_jax.flame.forward import flame_forward  # noqa: E402
 from face3d_jax.flame.io import write_flame_files  # noqa: E402
 from face3d_jax.flame.procedural import default_model  # noqa: E402
+from face3d_eval.timing import interleaved_medians, peak_rss_mib  # noqa: E402
 
 NUM_SHAPE, NUM_EXPR = 300, 100
 PARAM_NAMES = ("shape", "expression", "global_pose", "neck_pose", "jaw_pose", "eye_pose",
@@ -76,11 +75,6 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _peak_rss_mib() -> float:
-    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return kib / (1024 * 1024) if sys.platform == "darwin" else kib / 1024
-
-
 def random_params(batch: int, seed: int = 0) -> dict[str, np.ndarray]:
     """float32 FLAME parameters of a plausible spread."""
     rng = np.random.default_rng(seed)
@@ -96,25 +90,6 @@ def random_params(batch: int, seed: int = 0) -> dict[str, np.ndarray]:
         "translation": rng.uniform(-0.1, 0.1, (batch, 3)),
     }
     return {k: v.astype(np.float32) for k, v in p.items()}
-
-
-def interleaved_medians(fns, repeats: int, warmup: int, budget_s: float) -> list[float]:
-    """Median seconds per call of each of `fns`, timed in alternation (one call
-    of each per round) so that both sides see the same machine load; stops
-    after `repeats` rounds, or once `budget_s` has passed and 3 rounds are done."""
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
-    times = [[] for _ in fns]
-    start_all = time.perf_counter()
-    for round_ in range(repeats):
-        for fn, acc in zip(fns, times):
-            start = time.perf_counter()
-            fn()
-            acc.append(time.perf_counter() - start)
-        if round_ >= 2 and time.perf_counter() - start_all > budget_s:
-            break
-    return [statistics.median(acc) for acc in times]
 
 
 # ---------------------------------------------------------------- ours (JAX)
@@ -271,7 +246,7 @@ def main(argv=None) -> int:
                    "smplx_ms": smplx_s * 1e3, "ratio": smplx_s / ours_s,
                    "ours_meshes_per_s": batch / ours_s, "ours_compile_s": compile_s,
                    "ours_xla_temp_mib": None if temp is None else temp / 2**20,
-                   "peak_rss_mib": _peak_rss_mib()}
+                   "peak_rss_mib": peak_rss_mib()}
             rows.append(row)
             temp_txt = "n/a" if temp is None else f"{temp / 2**20:.1f}"
             print(f"{batch:>6} {mode:>8} {row['ours_ms']:>10.3f} {row['smplx_ms']:>10.3f} "

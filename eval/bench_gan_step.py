@@ -33,8 +33,6 @@ import argparse
 import json
 import os
 import platform
-import resource
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -51,32 +49,10 @@ import numpy as np  # noqa: E402
 from face3d_jax.nets.stylegan2 import StyleGAN2Config, count_params  # noqa: E402
 
 from face3d_train.gan import GANConfig, gan_step_fn, init_gan_state  # noqa: E402
+from face3d_eval.timing import interleaved_medians, peak_rss_mib  # noqa: E402
 
 KINDS = {"plain": 1, "g_reg": 4, "both": 0}  # a step counter value giving each kind
 CYCLE = {"plain": 12, "g_reg": 3, "both": 1}  # occurrences in StyleGAN2's 16-step cycle
-
-
-def _peak_rss_mib() -> float:
-    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kib / (1024 * 1024) if sys.platform == "darwin" else kib / 1024
-
-
-def interleaved_medians(fns, repeats: int, warmup: int, budget_s: float) -> list[float]:
-    """Median seconds per call of each of `fns`, one call of each per round; stops
-    after `repeats` rounds, or once `budget_s` has passed and 3 rounds are done."""
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
-    times = [[] for _ in fns]
-    start_all = time.perf_counter()
-    for round_ in range(repeats):
-        for fn, acc in zip(fns, times):
-            start = time.perf_counter()
-            fn()
-            acc.append(time.perf_counter() - start)
-        if round_ >= 2 and time.perf_counter() - start_all > budget_s:
-            break
-    return [statistics.median(acc) for acc in times]
 
 
 def jax_side(net: StyleGAN2Config, real: np.ndarray):
@@ -132,9 +108,9 @@ def torch_side(torch, net: StyleGAN2Config, real: np.ndarray, dtype: str, device
         torch.cuda.reset_peak_memory_stats()
         run("both")
         return run, torch.cuda.max_memory_allocated() / 2**20, "device peak"
-    before = _peak_rss_mib()
+    before = peak_rss_mib()
     run("both")
-    return run, _peak_rss_mib() - before, "peak RSS growth (approx.)"
+    return run, peak_rss_mib() - before, "peak RSS growth (approx.)"
 
 
 def main(argv=None) -> int:
@@ -198,7 +174,7 @@ def main(argv=None) -> int:
           f"torch {per_iter['torch']:.1f} ms/iter ({ips['torch']:.2f} img/s), "
           f"torch/jax {per_iter['torch'] / per_iter['jax']:.2f} (> 1: JAX faster)")
     print(f"memory: jax {jax_mem:,.0f} MiB ({jax_label}), torch {torch_mem:,.0f} MiB "
-          f"({torch_label}); process peak RSS {_peak_rss_mib():,.0f} MiB")
+          f"({torch_label}); process peak RSS {peak_rss_mib():,.0f} MiB")
     if args.out is not None:
         args.out.write_text(json.dumps({
             "environment": env, "args": {k: str(v) for k, v in vars(args).items()},

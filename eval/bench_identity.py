@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -47,25 +46,9 @@ from flax import nnx  # noqa: E402
 
 from face3d_jax.convert.dlib_dnn import face_recognition_models_file  # noqa: E402
 from face3d_jax.nets.dlib_resnet import MODEL_FILE, load_dlib_resnet  # noqa: E402
+from face3d_eval.timing import interleaved_medians  # noqa: E402
 
 MODES = ("forward", "fwd+bwd")
-
-
-def interleaved_medians(fns, repeats: int, warmup: int, budget_s: float) -> list[float]:
-    """Median seconds per call of each of `fns`, one call of each per round."""
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
-    times = [[] for _ in fns]
-    start_all = time.perf_counter()
-    for round_ in range(repeats):
-        for fn, acc in zip(fns, times):
-            start = time.perf_counter()
-            fn()
-            acc.append(time.perf_counter() - start)
-        if round_ >= 2 and time.perf_counter() - start_all > budget_s:
-            break
-    return [statistics.median(acc) for acc in times]
 
 
 def astronaut_chips(batch: int, seed: int = 0) -> np.ndarray:

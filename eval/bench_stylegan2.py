@@ -36,7 +36,6 @@ import argparse
 import gc
 import json
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -54,6 +53,7 @@ from flax import nnx  # noqa: E402
 from face3d_jax.convert.stylegan2 import generator_from_state_dict  # noqa: E402
 from face3d_jax.convert.stylegan2_keys import infer_config  # noqa: E402
 from face3d_jax.nets.stylegan2 import count_params  # noqa: E402
+from face3d_eval.timing import interleaved_medians  # noqa: E402
 
 
 def _status_kib(field: str) -> int | None:
@@ -85,23 +85,6 @@ def cpu_peak_growth_mib(fn) -> float | None:
     fn()
     peak = _status_kib("VmHWM")
     return None if before is None or peak is None else max(peak - before, 0) / 1024
-
-
-def interleaved_medians(fns, repeats: int, warmup: int, budget_s: float) -> list[float]:
-    """Median seconds per call of each of `fns`, timed in alternation."""
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
-    times = [[] for _ in fns]
-    start_all = time.perf_counter()
-    for round_ in range(repeats):
-        for fn, acc in zip(fns, times):
-            start = time.perf_counter()
-            fn()
-            acc.append(time.perf_counter() - start)
-        if round_ >= 2 and time.perf_counter() - start_all > budget_s:
-            break
-    return [statistics.median(acc) for acc in times]
 
 
 def build_pair(torch, resolution: int, dtype: str, fused: bool, device):
