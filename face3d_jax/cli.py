@@ -259,7 +259,37 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--batch", type=int, default=8, help="images per compiled call")
     gen.add_argument("--model", default=None, help="a FLAME model instead of the default")
     gen.set_defaults(func=_data_generate)
+
+    tr = sub.add_parser("train", help="the main job: AlbedoGAN pre-training and alternating "
+                                      "descent of shape and albedo (resumable)")
+    tr.add_argument("--config", default="tiny",
+                    help="'tiny' (2-core CPU, default), 'paper', or a .py with get_config()")
+    tr.add_argument("--workdir", required=True,
+                    help="run folder: data, checkpoints, metrics.jsonl, tensorboard/ (rerun "
+                         "to resume)")
+    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config field, e.g. --set schedule.total_steps=100 "
+                         "(repeatable; VALUE is a Python literal or a string)")
+    tr.add_argument("--distributed", action="store_true",
+                    help="call jax.distributed.initialize() first (multi-host)")
+    tr.set_defaults(func=_train)
     return parser
+
+
+def _train(args) -> None:
+    import logging
+
+    if args.distributed:
+        import jax
+
+        jax.distributed.initialize()
+    from face3d_train.configs import apply_overrides, load
+    from face3d_train.loop import train
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    config = apply_overrides(load(args.config), args.set)
+    result = train(config, args.workdir)
+    print(" ".join(f"{k}={v:.4g}" for k, v in result.items()))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,113 @@
+"""Evaluation during training, in the teacher world: held-out identities whose
+true shape and albedo are known.
+
+Metrics (written to metrics.jsonl and TensorBoard under eval/):
+  shape_error_mm  mean per-vertex distance (mm) between the neutral mesh of the
+                  predicted shape code and that of the true code, after rigid
+                  alignment (as NoW compares neutral shapes; FLAME scale)
+  albedo_psnr     PSNR (dB) of G_Ab's EMA albedo against the teacher's albedo
+                  over the face region of the UV layout
+  landmark_px     mean 2D landmark distance in crop pixels
+  photometric     MSE of the render against the crop over the render's mask
+  identity, perceptual, landmark   the shape phase's rendering terms
+  render_loss     their sum weighted as the shape phase weighs them
+Everything is computed with the generators' constant noise, so the figures are
+a function of the parameters only. With a StyleGAN2 source there is no truth:
+only the rendering terms on the held-out images would be meaningful, and the
+evaluation is skipped (logged).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from face3d_jax import losses as L
+from face3d_jax.data.dataset_sources import TeacherSource
+from face3d_train import teacher_eval as te
+from face3d_train import terms as T
+from face3d_train.data import generate_config
+from face3d_train.step import Nets, context
+
+log = logging.getLogger(__name__)
+_RENDER_TERMS = ("identity", "perceptual", "landmark")
+
+
+class HeldOutEval:
+    """Held-out teacher identities and the jitted evaluation of a state.
+
+    Args:
+      trainer: a loop.Trainer (setup, mesh shardings, frozen networks).
+      config: the training config (eval.identities, eval.seed, data.generate).
+      teacher: the world (default: the one `config.data.generate` describes).
+    """
+
+    def __init__(self, trainer, config, teacher=None):
+        self.trainer, self.setup = trainer, trainer.setup
+        gen = config.data.generate
+        self.enabled = gen.source == "teacher"
+        if not self.enabled:
+            log.warning("evaluation needs the teacher world's truth; source %r has none, so "
+                        "eval/* metrics are not computed", gen.source)
+            return
+        if teacher is None:
+            teacher = TeacherSource(generate_config(config), trainer.model).world
+        self.held = te.make_held_out(teacher, jax.random.key(int(config.eval.seed)),
+                                     int(config.eval.identities), int(gen.crop_size))
+        self.face_mask = te.face_uv_mask(trainer.model, int(self.held.albedo.shape[1]))
+        weights = self.setup.weights["shape"]
+        self.render_weights = {n: weights.get(n, 0.0) for n in _RENDER_TERMS}
+        self._eval = jax.jit(self._metrics)
+
+    def _outputs(self, state, batch):
+        setup = self.setup
+        nets = Nets(setup, state, self.trainer.frozen, g=state.albedo.g_ema)
+        ctx = context(setup, nets, batch, jax.random.key(0), noise_mode="const")
+        return ctx
+
+    def _metrics(self, state, batch, neutral, albedo_true, face_mask):
+        ctx = self._outputs(state, batch)
+        pred = te.neutral_vertices(self.setup.model, ctx.codes["shape"])
+        r = ctx.render
+        values = {n: T.TERMS[n](ctx) for n in _RENDER_TERMS}
+        out = {
+            "shape_error_mm": jnp.mean(te.mesh_error_mm(pred, neutral)),
+            "albedo_psnr": jnp.mean(te.albedo_psnr(ctx.albedo, albedo_true, face_mask)),
+            "landmark_px": jnp.mean(jnp.linalg.norm(r.landmarks2d - batch["landmarks"], axis=-1)),
+            "photometric": L.masked_mse(r.image, batch["crop"], r.mask),
+            "render_loss": sum(self.render_weights[n] * values[n] for n in _RENDER_TERMS),
+        }
+        out.update(values)
+        return out
+
+    def _batch(self):
+        h = self.held
+        return dict(crop=jnp.asarray(h.crop), landmarks=jnp.asarray(h.landmarks),
+                    albedo=jnp.asarray(h.albedo), w=jnp.asarray(h.w))
+
+    def evaluate(self, state) -> dict[str, float]:
+        """{"eval/<metric>": float} for a train state (empty when disabled)."""
+        if not self.enabled:
+            return {}
+        out = self._eval(state, self._batch(), jnp.asarray(self.held.neutral),
+                         jnp.asarray(self.held.albedo), jnp.asarray(self.face_mask))
+        return {f"eval/{k}": float(v) for k, v in jax.device_get(out).items()}
+
+    def images(self, state, count: int = 4) -> dict[str, np.ndarray]:
+        """Image grids for TensorBoard: targets, renders, albedo (A_AbGAN, EMA),
+        normals of the detailed mesh, of the first `count` held-out identities."""
+        if not self.enabled:
+            return {}
+        batch = {k: v[:count] for k, v in self._batch().items()}
+
+        @jax.jit
+        def run(state, batch):
+            ctx = self._outputs(state, batch)
+            r = ctx.render
+            return dict(target=batch["crop"], render=r.image, albedo=ctx.albedo,
+                        albedo_truth=batch["albedo"], normals=(r.normals * 0.5 + 0.5) * r.mask)
+
+        return {k: np.clip(np.asarray(v), 0.0, 1.0) for k, v in run(state, batch).items()}

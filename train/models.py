@@ -1,0 +1,255 @@
+"""The trained networks of Sec. 3.3 and 4: E_shape, G_Disp, G_Ab and D_real,
+and the frozen face network F of the identity and perceptual losses.
+
+    nets = build_networks(config.model, model, key)       # NNX modules
+    codes = decode_codes(nets.encoder(crops), cfg, prior)    # shape, expression, pose...
+
+E_shape (Sec. 4.2): a face backbone and one linear head, as DECA's encoder,
+whose output is split into shape s (S), expression psi (E), pose p (6 =
+global rotation + jaw, axis-angle, DECA's layout), camera (3, DECA's weak
+perspective s, tx, ty) and SH light (27). The head starts at zero weights, so
+training starts from the mean face seen by a camera that frames the crop
+(`crop_camera_prior`) under the ambient light of `render.views`. Backbones:
+  "dlib"        the face-recognition ResNet shipped by face-recognition-models
+                (pretrained, offline; the default of the small configs);
+  "iresnet*"    ArcFace's iresnet (the paper: initialised from MICA's
+                weights, `encoder.weights` = a torch file), on 112^2 input.
+Backbone features are the last stage's map, averaged over space. The
+iresnet's BatchNorm statistics stay those of the converted weights
+(`use_running_average=True`): the usual choice when fine-tuning a
+recognition backbone with small per-device batches, and it keeps the step a
+pure function of the parameters, so any device count computes the same.
+
+G_Disp: a StyleGAN2 generator (the authors' code: 256^2) from the same w,
+one output channel, bounded to [-max, max] by max * tanh (Sec. 4.2: D_Geom in
+[-0.01, 0.01]). G_Ab: a StyleGAN2 generator at the albedo size; its output x
+in [-1, 1] is the albedo (x + 1) / 2. Both take the first n_latent rows of w
+when their resolution needs fewer than w has (at 1024^2 all 18).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from face3d_jax.flame import FlameModel
+from face3d_jax.nets import arcface, dlib_resnet
+from face3d_jax.nets.stylegan2 import Discriminator, Generator, StyleGAN2Config
+from face3d_jax.render.views import default_sh_light
+
+POSE_DIM, CAMERA_DIM, LIGHT_DIM = 6, 3, 27
+# dlib's network has unpadded strided layers: below 72 px its last stage is empty.
+DLIB_MIN_INPUT = 72
+
+
+@dataclasses.dataclass(frozen=True)
+class CodeLayout:
+    """Where each code lies in E_shape's output vector."""
+
+    num_shape: int
+    num_expression: int
+
+    @property
+    def size(self) -> int:
+        return self.num_shape + self.num_expression + POSE_DIM + CAMERA_DIM + LIGHT_DIM
+
+    def split(self, out: jax.Array) -> dict[str, jax.Array]:
+        s, e = self.num_shape, self.num_expression
+        edges = np.cumsum([s, e, POSE_DIM, CAMERA_DIM])
+        parts = jnp.split(out, edges, axis=-1)
+        return dict(zip(("shape", "expression", "pose", "camera", "light"), parts))
+
+
+def crop_camera_prior(model: FlameModel, crop_scale: float = 1.25,
+                      box_enlarge: float = 1.1) -> np.ndarray:
+    """The weak-perspective camera (s, tx, ty) that frames the template's 68
+    landmarks as DECA's crop (faces.crop_matrix) frames detected ones: the
+    landmark box, enlarged by 1.1 and by the crop scale 1.25, spans the crop
+    (NDC [-1, 1]), centred. Returns (3,) float32."""
+    lmk = _template_landmarks(model)
+    lo, hi = lmk[:, :2].min(0), lmk[:, :2].max(0)
+    side = (hi - lo).sum() / 2 * box_enlarge * crop_scale
+    centre = (lo + hi) / 2
+    return np.array([2.0 / side, -centre[0], -centre[1]], np.float32)
+
+
+def _template_landmarks(model: FlameModel) -> np.ndarray:
+    from face3d_jax.flame import flame_forward
+
+    z = lambda n: jnp.zeros((1, n), jnp.float32)
+    out = flame_forward(model, z(1), z(1), z(3), z(3), z(3), z(6))
+    return np.asarray(out.landmarks[0], np.float64)
+
+
+class ShapeEncoder(nnx.Module):
+    """E_shape: crops (B, c, c, 3) float32 RGB in [0, 1] -> (B, layout.size) float32."""
+
+    def __init__(self, backbone: str, layout: CodeLayout, *, input_size: int,
+                 widths=(64, 128, 256, 512), weights: str = "", rngs: nnx.Rngs):
+        self.kind, self.input_size = backbone, int(input_size)
+        if backbone == "dlib":
+            # The shipped network: real weights whenever the package is installed.
+            self.backbone = dlib_resnet.load_dlib_resnet()
+            width = dlib_resnet.STAGES[-1][0]
+        elif backbone.startswith("iresnet"):
+            if weights:
+                from face3d_jax.convert.arcface import convert_arcface
+
+                self.backbone = convert_arcface(weights)
+            else:
+                self.backbone = arcface.IResNet(
+                    arcface.iresnet_config(backbone, widths=tuple(widths)), rngs=rngs)
+            width = self.backbone.config.widths[-1]
+        else:
+            raise ValueError(f"unknown E_shape backbone {backbone!r}: 'dlib' or 'iresnet18'..'200'")
+        self.head = nnx.Linear(width, layout.size, kernel_init=nnx.initializers.zeros,
+                               bias_init=nnx.initializers.zeros, rngs=rngs)
+
+    def __call__(self, crops: jax.Array) -> jax.Array:
+        b = crops.shape[0]
+        x = jnp.asarray(crops, jnp.float32)
+        if x.shape[1:3] != (self.input_size, self.input_size):
+            x = jax.image.resize(x, (b, self.input_size, self.input_size, 3), "bilinear")
+        if self.kind == "dlib":
+            feat = self.backbone.features(x * 255.0)[-1]
+        else:
+            feat = self.backbone.stem_and_stages(x * 2.0 - 1.0, use_running_average=True)
+        return self.head(jnp.mean(feat.astype(jnp.float32), axis=(1, 2)))
+
+
+def decode_codes(out: jax.Array, layout: CodeLayout, camera_prior: jax.Array) -> dict:
+    """E_shape's raw output (B, layout.size) -> FLAME, camera and light codes.
+
+    Returns a dict of float32: shape (B, S), expression (B, E), global_pose,
+    jaw_pose (B, 3) axis-angle, camera (B, 3) = (s0 * exp(c0), tx0 + c1, ty0 + c2)
+    around the prior (so the scale stays positive), light (B, 9, 3) = the
+    ambient default + the predicted offset.
+    """
+    parts = layout.split(out)
+    cam = parts["camera"]
+    camera = jnp.stack([camera_prior[0] * jnp.exp(cam[:, 0]), camera_prior[1] + cam[:, 1],
+                        camera_prior[2] + cam[:, 2]], axis=-1)
+    light = jnp.asarray(default_sh_light(1))[0] + parts["light"].reshape(-1, 9, 3)
+    return dict(shape=parts["shape"], expression=parts["expression"],
+                global_pose=parts["pose"][:, :3], jaw_pose=parts["pose"][:, 3:],
+                camera=camera, light=light)
+
+
+def _stylegan2(cfg, out_channels: int, style_dim: int) -> StyleGAN2Config:
+    return StyleGAN2Config(resolution=int(cfg.resolution), style_dim=style_dim,
+                           n_mlp=int(cfg.get("n_mlp", 8)),
+                           channel_multiplier=int(cfg.channel_multiplier),
+                           channel_max=int(cfg.channel_max) or None, out_channels=out_channels)
+
+
+def latent_rows(w: jax.Array, n_latent: int) -> jax.Array:
+    """The first n_latent rows of w (B, L, D) (L >= n_latent), (B, n_latent, D)."""
+    if w.shape[1] < n_latent:
+        raise ValueError(f"w has {w.shape[1]} rows; the generator needs {n_latent}")
+    return w[:, :n_latent]
+
+
+@dataclasses.dataclass
+class Networks:
+    """The modules, freshly built (see `build_networks`)."""
+
+    encoder: ShapeEncoder
+    displacement: Generator
+    albedo: Generator
+    discriminator: Discriminator
+    identity: Any           # F: a DlibFaceResNet or an IResNet, frozen
+    layout: CodeLayout
+    camera_prior: np.ndarray
+    max_displacement: float
+
+
+def build_networks(cfg, model: FlameModel, key: jax.Array, style_dim: int = 512) -> Networks:
+    """The networks of a config's `model` section, initialised from `key`.
+
+    G_Ab takes converted StyleGAN2 weights (`albedo.weights`, a `face3d convert
+    stylegan2` folder) when given, as the paper starts AlbedoGAN from FFHQ's
+    generator; otherwise a fresh initialisation.
+    """
+    for what, kind, size in (("encoder.input_size", cfg.encoder.backbone, cfg.encoder.input_size),
+                             ("identity.chip_size", cfg.identity.kind, cfg.identity.chip_size)):
+        if kind == "dlib" and int(size) < DLIB_MIN_INPUT:
+            raise ValueError(f"model.{what} = {size}: dlib's network needs at least "
+                             f"{DLIB_MIN_INPUT} pixels")
+    rngs = nnx.Rngs(key)
+    layout = CodeLayout(int(cfg.num_shape), int(cfg.num_expression))
+    enc = cfg.encoder
+    encoder = ShapeEncoder(enc.backbone, layout, input_size=enc.input_size, widths=enc.widths,
+                           weights=enc.weights, rngs=rngs)
+    disp = Generator(_stylegan2(cfg.displacement, 1, style_dim), rngs=rngs)
+    if cfg.albedo.weights:
+        from face3d_jax.convert.stylegan2 import load_discriminator, load_generator
+
+        albedo = load_generator(cfg.albedo.weights)
+    else:
+        albedo = Generator(_stylegan2(cfg.albedo, 3, style_dim), rngs=rngs)
+    if cfg.albedo.weights and (Path(cfg.albedo.weights) / "d.npz").is_file():
+        disc = load_discriminator(cfg.albedo.weights)
+    else:
+        disc = Discriminator(albedo.config, rngs=rngs)
+    ident = cfg.identity
+    if ident.kind == "dlib":
+        identity = dlib_resnet.load_dlib_resnet(ident.weights or None)
+    elif ident.kind == "arcface":
+        if not ident.weights:
+            raise ValueError("model.identity.kind = 'arcface' needs model.identity.weights "
+                             "(an insightface/MICA iresnet .pth)")
+        from face3d_jax.convert.arcface import convert_arcface
+
+        identity = convert_arcface(ident.weights)
+    else:
+        raise ValueError(f"unknown identity network {ident.kind!r}: 'dlib' or 'arcface'")
+    return Networks(encoder=encoder, displacement=disp, albedo=albedo, discriminator=disc,
+                    identity=identity, layout=layout,
+                    camera_prior=crop_camera_prior(model),
+                    max_displacement=float(cfg.displacement.max_displacement))
+
+
+def displacement_map(g: Generator, w: jax.Array, max_displacement: float, *,
+                     noise_mode: str = "const", key=None) -> jax.Array:
+    """G_Disp: w (B, L, 512) -> (B, Td, Td, 1) float32 metres in [-max, max]."""
+    x = g.synthesis(latent_rows(w, g.config.n_latent), noise_mode=noise_mode, key=key)
+    return max_displacement * jnp.tanh(x)
+
+
+def albedo_map(g: Generator, w: jax.Array, *, noise_mode: str = "const", key=None) -> jax.Array:
+    """G_Ab: w (B, L, 512) -> (B, Ta, Ta, 3) float32 albedo, (x + 1) / 2 of the
+    generator's output (not clipped: clipping would stop the gradients)."""
+    x = g.synthesis(latent_rows(w, g.config.n_latent), noise_mode=noise_mode, key=key)
+    return (x + 1.0) * 0.5
+
+
+def identity_embedding_and_features(net: Any, images: jax.Array, chip_size: int
+                                    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """F on images (B, H, W, 3) in [0, 1], resized to chip_size^2: the embedding
+    (B, D) float32 and the mid-level maps of the perceptual loss, from one pass.
+    dlib's network takes 0..255 RGB; ArcFace [-1, 1] RGB (its maps: stages 1-3)."""
+    b = images.shape[0]
+    x = jnp.asarray(images, jnp.float32)
+    if x.shape[1:3] != (chip_size, chip_size):
+        x = jax.image.resize(x, (b, chip_size, chip_size, 3), "bilinear")
+    if isinstance(net, dlib_resnet.DlibFaceResNet):
+        stages = net.features(x * 255.0)
+        emb = jnp.mean(stages[-1], axis=(1, 2)) @ net.fc[...]
+        maps = dict(zip(dlib_resnet.MID_LEVEL_NAMES, stages))
+        return emb.astype(jnp.float32), maps
+    emb = net(jax.image.resize(x, (b, arcface.INPUT_SIZE, arcface.INPUT_SIZE, 3), "bilinear")
+              * 2.0 - 1.0, use_running_average=True)
+    maps = {f"stage{n}": net.stem_and_stages(x * 2.0 - 1.0, True, num_stages=n)
+            for n in (1, 2, 3)}
+    return emb, maps
+
+
+def param_count(module) -> int:
+    return int(sum(math.prod(x.shape) for x in jax.tree.leaves(nnx.state(module, nnx.Param))))

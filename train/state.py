@@ -1,0 +1,144 @@
+"""The train state: one pytree holding both sides of alternating descent.
+
+    setup = make_setup(config, model, key)       # static: graphdefs, optimizers, sizes
+    state = setup.init_state(key)                # the pytree the jitted step maps
+
+Design card: two optax states, one per phase, in one train state.
+  state.shape   E_shape and G_Disp parameters and their Adam (Sec. 5.2: lr 1e-4);
+  state.albedo  G_Ab and D_real parameters, G_Ab's EMA, their Adams (StyleGAN2's
+                lazy-regularisation rescaling), the path-length mean and the GAN
+                step counter that schedules the lazy regularisers;
+  state.buffers the modules' non-trained variables (noise buffers, latent_avg,
+                frozen BatchNorm statistics, fixed scales): read, never written.
+The frozen networks (F of the identity and perceptual losses) are not part of
+the state: they are an argument of the step, never checkpointed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx, struct
+
+from face3d_jax import texture as tex
+from face3d_jax.flame import FlameModel
+from face3d_train import terms as T
+from face3d_train.gan import lazy_adam_hparams
+from face3d_train.models import Networks, build_networks
+
+PHASES = ("pretrain", "shape", "albedo")
+
+
+@struct.dataclass
+class ShapeSide:
+    params: Any      # {"encoder": nnx.State, "displacement": nnx.State} of nnx.Param
+    opt_state: Any
+
+
+@struct.dataclass
+class AlbedoSide:
+    g: Any           # G_Ab parameters
+    g_ema: Any
+    d: Any           # D_real parameters
+    g_opt: Any
+    d_opt: Any
+    pl_mean: Any     # () float32
+    gan_step: Any    # () int32: GAN updates done (pretrain and albedo phases)
+
+
+@struct.dataclass
+class TrainState:
+    step: Any        # () int32
+    key: Any         # PRNG key
+    shape: ShapeSide
+    albedo: AlbedoSide
+    buffers: Any     # {"encoder", "displacement", "albedo", "discriminator"}: non-Param variables
+    bad_steps: Any   # () int32: consecutive non-finite steps
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """Everything static about a run: graphdefs, optimizers, sizes, weights."""
+
+    config: Any
+    model: FlameModel
+    graphs: dict            # name -> nnx.GraphDef
+    identity_graph: Any
+    layout: Any
+    camera_prior: np.ndarray
+    max_displacement: float
+    uv_mask: np.ndarray     # (Ta, Ta) float32 texels of the UV layout
+    weights: dict           # phase -> {term: weight}
+    shape_tx: optax.GradientTransformation
+    g_tx: optax.GradientTransformation
+    d_tx: optax.GradientTransformation
+    groups: tuple[int, int]
+    initial: Any            # (state without optimizer, frozen identity state), see init_state
+
+    def phase_of(self, step: jax.Array) -> jax.Array:
+        """0 pretrain, 1 shape, 2 albedo for a step counter (traced or not)."""
+        s = self.config.schedule
+        cycle = int(s.shape_steps) + int(s.albedo_steps)
+        after = jnp.asarray(step, jnp.int32) - int(s.albedo_pretrain_steps)
+        in_shape = jnp.mod(jnp.maximum(after, 0), max(cycle, 1)) < int(s.shape_steps)
+        return jnp.where(after < 0, 0, jnp.where(in_shape, 1, 2)).astype(jnp.int32)
+
+    def init_state(self, key: jax.Array) -> TrainState:
+        """The state at step 0 (parameters from `make_setup`'s key, fresh Adams)."""
+        params, buffers = self.initial[0]
+        shape_params = {"encoder": params["encoder"], "displacement": params["displacement"]}
+        return TrainState(
+            step=jnp.zeros((), jnp.int32), key=key,
+            shape=ShapeSide(params=shape_params, opt_state=self.shape_tx.init(shape_params)),
+            albedo=AlbedoSide(g=params["albedo"],
+                              # A copy: a donated state must not hold one buffer twice.
+                              g_ema=jax.tree.map(jnp.copy, params["albedo"]), d=params["discriminator"],
+                              g_opt=self.g_tx.init(params["albedo"]),
+                              d_opt=self.d_tx.init(params["discriminator"]),
+                              pl_mean=jnp.zeros((), jnp.float32),
+                              gan_step=jnp.zeros((), jnp.int32)),
+            buffers=buffers, bad_steps=jnp.zeros((), jnp.int32))
+
+    @property
+    def frozen(self):
+        """The frozen networks' variables (the step's third argument)."""
+        return self.initial[1]
+
+
+def _adam(lr, b1, b2, interval=None):
+    lr, (b1, b2) = lazy_adam_hparams(float(lr), (float(b1), float(b2)), interval)
+    return optax.adam(lr, b1=b1, b2=b2, eps=1e-8)
+
+
+def make_setup(config, model: FlameModel, key: jax.Array,
+               networks: Networks | None = None) -> Setup:
+    """Builds the networks of `config.model` from `key` and everything static.
+
+    Raises ValueError for an unknown loss term or schedule that cannot work
+    (e.g. a shape-centre loss with one image per identity).
+    """
+    nets = networks or build_networks(config.model, model, key)
+    weights = {p: T.check_weights(config.losses.get(p, {}), p) for p in PHASES}
+    groups = (int(config.data.identities_per_batch), int(config.data.images_per_identity))
+    if weights["shape"].get("shape_center", 0.0) and groups[1] < 2:
+        raise ValueError("losses.shape.shape_center needs data.images_per_identity >= 2")
+    graphs, params, buffers = {}, {}, {}
+    for name in ("encoder", "displacement", "albedo", "discriminator"):
+        graphs[name], params[name], buffers[name] = nnx.split(getattr(nets, name), nnx.Param, ...)
+    identity_graph, identity_state = nnx.split(nets.identity)
+    g = config.optim.gan
+    uvr = tex.uv_raster(model.uv_coords, model.uv_faces, nets.albedo.config.resolution)
+    return Setup(
+        config=config, model=model, graphs=graphs, identity_graph=identity_graph,
+        layout=nets.layout, camera_prior=nets.camera_prior,
+        max_displacement=nets.max_displacement,
+        uv_mask=np.asarray(uvr.inside, np.float32), weights=weights,
+        shape_tx=_adam(config.optim.shape.lr, config.optim.shape.b1, config.optim.shape.b2),
+        g_tx=_adam(g.g_lr, g.b1, g.b2, int(g.g_reg_every) if g.pl_weight > 0 else None),
+        d_tx=_adam(g.d_lr, g.b1, g.b2, int(g.d_reg_every) if g.r1_gamma > 0 else None),
+        groups=groups, initial=((params, buffers), identity_state))

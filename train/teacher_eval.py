@@ -1,0 +1,314 @@
+"""Evaluation in the teacher world: held-out samples with their truth, and the
+metrics that compare a trained model's outputs with it.
+
+    held = make_held_out(teacher, jax.random.key(7), count=64, crop_size=224)
+    codes = decode(nets.encoder(held.crop))                 # the trainer's side
+    mm = mesh_error_mm(neutral_vertices(model, codes["shape"]), held.neutral)
+    db = albedo_psnr(pred_albedo, held.albedo, face_uv_mask(model, held.albedo.shape[1]))
+
+Metrics (all float32, jit-able):
+  - `rigid_align` / `mesh_error_mm`: mean per-vertex distance (mm) of two
+    meshes after the best rotation and translation (Kabsch; no scale: the
+    teacher's FLAME is metric, so a wrong head size counts as error).
+  - `neutral_vertices`: the FLAME mesh of shape coefficients alone (zero
+    expression and pose), what the shape error is measured on, so that
+    expression and pose do not leak into it.
+  - `face_uv_mask` / `albedo_psnr`: PSNR (peak 1) of a UV albedo over the
+    face's texels (see `face_uv_mask` for the region).
+
+Held-out set: `make_held_out` draws fresh z, renders them with the teacher and
+crops them exactly as `face3d data generate` does (dataset.py): the image is
+quantised to uint8, DECA's crop (`faces.crop_matrix`) of the teacher's true
+landmarks is warped out of it (`faces.warp_crop`) and rounded to uint8; here
+both are then scaled to float32 in [0, 1], the input the trainer feeds E_shape.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from face3d_jax.data import teacher as tt
+from face3d_jax.data.faces import crop_matrix, transform_points, warp_crop
+from face3d_jax.data.teacher_uv import bake_uv, face_regions
+from face3d_jax.flame import FlameModel, flame_forward, vertex_normals
+
+# The face region of `face_uv_mask`, in units of the template's eye-to-mouth
+# distance d and outer-eye-corner half distance (see its docstring).
+_FOREHEAD_ABOVE_BROWS = 0.3   # x d above the highest brow landmark
+_CHIN_BELOW_MOUTH = 0.65      # x d below the mouth line
+_HALF_WIDTH = 1.45            # x the outer eye corners' half distance
+_SUPERELLIPSE_POWER = 2.5     # squarer than an ellipse: keeps jaw and temples
+_MIN_FRONT_COSINE = 0.25      # normals turned more than ~75 degrees from +z are out
+_PSNR_MSE_FLOOR = 1e-12       # a perfect match reads 120 dB, not inf
+
+
+def _check_meshes(name: str, a, b):
+    if a.ndim != 3 or a.shape[-1] != 3 or a.shape != b.shape:
+        raise ValueError(f"{name}: meshes have shapes {a.shape} and {b.shape}, expected two "
+                         "(B, V, 3)")
+
+
+def rigid_align(source, target):
+    """Rotates and translates `source` onto `target` (Kabsch, least squares).
+
+    The rotation is proper (det +1: a reflection is never used) and there is
+    no scale.
+
+    Args:
+      source: (B, V, 3) float32 points, e.g. a predicted mesh (metres).
+      target: (B, V, 3) float32 points in correspondence with `source`.
+    Returns:
+      (B, V, 3) float32: R source_i + t minimising sum_i |R source_i + t - target_i|^2.
+    """
+    source = jnp.asarray(source, jnp.float32)
+    target = jnp.asarray(target, jnp.float32)
+    _check_meshes("rigid_align", source, target)
+    mu_s = jnp.mean(source, axis=1, keepdims=True)
+    mu_t = jnp.mean(target, axis=1, keepdims=True)
+    xs, xt = source - mu_s, target - mu_t
+    cov = jnp.einsum("bvi,bvj->bij", xs, xt)  # (B, 3, 3)
+    u, _, vt = jnp.linalg.svd(cov)
+    # Flip the weakest axis where U V^T would be a reflection.
+    d = jnp.sign(jnp.linalg.det(jnp.einsum("bij,bjk->bik", u, vt)))
+    d = jnp.where(d == 0, 1.0, d)
+    flip = jnp.stack([jnp.ones_like(d), jnp.ones_like(d), d], axis=-1)
+    rot = jnp.einsum("bji,bj,bkj->bik", vt, flip, u)  # R = V diag(1, 1, d) U^T
+    return jnp.einsum("bij,bvj->bvi", rot, xs) + mu_t
+
+
+def mesh_error_mm(pred, truth):
+    """Mean per-vertex distance after `rigid_align` of pred onto truth.
+
+    Args:
+      pred: (B, V, 3) float32 metres; truth: (B, V, 3) float32 metres.
+    Returns:
+      (B,) float32 millimetres.
+    """
+    truth = jnp.asarray(truth, jnp.float32)
+    aligned = rigid_align(pred, truth)
+    return 1000.0 * jnp.mean(jnp.linalg.norm(aligned - truth, axis=-1), axis=1)
+
+
+def neutral_vertices(model: FlameModel, shape):
+    """The FLAME mesh of identity coefficients alone.
+
+    Args:
+      model: the FLAME-format model.
+      shape: (B, S) float32 shape coefficients, S <= model.num_shape (the
+        missing ones are zero: FLAME's first S components are used).
+    Returns:
+      (B, V, 3) float32 metres, zero expression, pose, jaw and eyes.
+    """
+    shape = jnp.asarray(shape, jnp.float32)
+    if shape.ndim != 2 or shape.shape[1] > model.num_shape:
+        raise ValueError(f"neutral_vertices: shape has shape {shape.shape}, expected (B, S) "
+                         f"with S <= {model.num_shape}")
+    batch = shape.shape[0]
+    zeros = lambda n: jnp.zeros((batch, n), jnp.float32)  # noqa: E731
+    # One expression column: zero either way, and no (V*3, E) product to pay.
+    return flame_forward(model, shape, zeros(1), zeros(3), zeros(3), zeros(3),
+                         zeros(6)).vertices
+
+
+def face_uv_mask(model: FlameModel, size: int) -> np.ndarray:
+    """The UV texels of the face: forehead, eye region, nose, cheeks, mouth, chin.
+
+    Built from the template's geometry, so it fits any FLAME-format UV layout
+    (the procedural default's and FLAME's own): each texel's template point
+    p (`teacher_uv.bake_uv`, the texel convention of the teacher's and of the
+    renderer's UV maps: row 0 at v = 1) is in the face when
+      - a UV triangle covers it and it is not on an eyeball (skinning weight
+        of the eye joints < 0.5: the eyelids and sockets stay in);
+      - its template normal is within ~75 degrees of the view axis +z (the
+        under-chin, the sides of the head and the scalp's crown are out);
+      - (x, y) lies inside a superellipse (power 2.5) in the frontal plane,
+        centred on the nose's midline, half-width 1.45 x half the distance of
+        the outer eye corners (stops before the ears), from 0.3 d above the
+        highest brow landmark (below the teacher's hairline) down to 0.65 d
+        below the mouth line (the chin), d the eye-to-mouth line distance;
+        its upper and lower halves meet at the eye line.
+    The landmarks are the model's static 51 (iBUG 17..67, `face_regions`).
+    For the procedural default at 256 it keeps about a quarter of the square.
+
+    Args:
+      model: the FLAME-format model (needs its UV layout).
+      size: the UV map's side T.
+    Returns:
+      (T, T) bool numpy array (a constant: built on the host once).
+    """
+    if model.uv_coords is None or model.uv_faces is None:
+        raise ValueError("face_uv_mask: the model has no UV layout")
+    if size < 1:
+        raise ValueError(f"face_uv_mask: size must be at least 1, got {size}")
+    bake = bake_uv(model, size)
+    lmk = np.asarray(face_regions(model).landmarks, np.float64)  # (51, 3), iBUG i at i - 17
+    ibug = lambda first, stop: lmk[first - 17:stop - 17]  # noqa: E731
+    eye_y = ibug(36, 48)[:, 1].mean()
+    mouth_y = ibug(48, 60)[:, 1].mean()
+    d = eye_y - mouth_y
+    centre_x = ibug(27, 31)[:, 0].mean()
+    top = ibug(17, 27)[:, 1].max() + _FOREHEAD_ABOVE_BROWS * d
+    bottom = mouth_y - _CHIN_BELOW_MOUTH * d
+    half_width = _HALF_WIDTH * 0.5 * abs(lmk[45 - 17, 0] - lmk[36 - 17, 0])
+
+    template = np.asarray(model.v_template, np.float32)
+    normals = np.asarray(vertex_normals(jnp.asarray(template)[None],
+                                        jnp.asarray(model.faces, jnp.int32)))[0]
+    corners = np.asarray(model.faces, np.int64)[np.asarray(bake.tri)]  # (T, T, 3)
+    normal = np.einsum("hwk,hwkc->hwc", np.asarray(bake.bary, np.float64), normals[corners])
+    normal /= np.maximum(np.linalg.norm(normal, axis=-1, keepdims=True), 1e-12)
+
+    p = np.asarray(bake.position, np.float64)
+    dx = np.abs(p[..., 0] - centre_x) / half_width
+    dy = np.where(p[..., 1] >= eye_y, (p[..., 1] - eye_y) / (top - eye_y),
+                  (eye_y - p[..., 1]) / (eye_y - bottom))
+    inside = np.abs(dx) ** _SUPERELLIPSE_POWER + np.abs(dy) ** _SUPERELLIPSE_POWER <= 1.0
+    return ((np.asarray(bake.covered) > 0) & (np.asarray(bake.eye) < 0.5) & inside
+            & (normal[..., 2] > _MIN_FRONT_COSINE))
+
+
+def albedo_psnr(pred, truth, mask):
+    """PSNR (peak 1) of UV albedos over a texel mask.
+
+    A `pred` of another size is first resized to truth's with
+    `jax.image.resize(..., "linear")`: bilinear with half-texel centres (both
+    maps cover the same UV square), antialiased (a triangle filter widened by
+    the scale) when it shrinks. Values are not clipped.
+
+    Args:
+      pred: (B, Tp, Tp, 3) float32 in [0, 1], row 0 at v = 1.
+      truth: (B, T, T, 3) float32 in [0, 1], the same layout.
+      mask: (T, T) bool (e.g. `face_uv_mask(model, T)`).
+    Returns:
+      (B,) float32 dB: 10 log10(1 / MSE), the MSE over the masked texels and
+      the channels (floored at 1e-12, so at most 120 dB; NaN for an empty mask).
+    """
+    pred = jnp.asarray(pred, jnp.float32)
+    truth = jnp.asarray(truth, jnp.float32)
+    mask = jnp.asarray(mask)
+    if pred.ndim != 4 or truth.ndim != 4 or pred.shape[0] != truth.shape[0] \
+            or pred.shape[-1] != truth.shape[-1]:
+        raise ValueError(f"albedo_psnr: pred {pred.shape} and truth {truth.shape} are not two "
+                         "(B, T, T, C) batches of the same B and C")
+    if mask.shape != truth.shape[1:3]:
+        raise ValueError(f"albedo_psnr: mask has shape {mask.shape}, expected {truth.shape[1:3]}")
+    if pred.shape != truth.shape:
+        pred = jax.image.resize(pred, truth.shape, method="linear")
+    weight = mask.astype(jnp.float32)[None, ..., None]
+    count = jnp.sum(weight) * truth.shape[-1]
+    mse = jnp.sum(weight * (pred - truth) ** 2, axis=(1, 2, 3)) / count
+    return 10.0 * jnp.log10(1.0 / jnp.maximum(mse, _PSNR_MSE_FLOOR))
+
+
+@struct.dataclass
+class HeldOut:
+    """Held-out teacher samples and their truth (numpy arrays, a pytree).
+
+    w: (N, n_latent, style_dim) float32 latent codes.
+    crop: (N, c, c, 3) float32 in [0, 1]: the dataset's crop (uint8 / 255).
+    landmarks: (N, 68, 2) float32 true landmarks in crop pixels, x right,
+      y down, pixel (i, j) centred at (j + 0.5, i + 0.5) (the renderer's
+      convention and the trainer's landmark target's).
+    shape: (N, S) float32 true FLAME shape coefficients.
+    neutral: (N, V, 3) float32 `neutral_vertices` of the true shape (metres).
+    albedo: (N, Ta, Ta, 3) float32 true UV albedo in [0, 1] (row 0 at v = 1).
+    image: (N, R, R, 3) float32 in [0, 1]: the rendered image as the dataset
+      stores it (uint8 / 255).
+    crop_matrix: (N, 3, 3) float32 image pixels -> crop pixels, both with
+      integer pixel centres (`faces.crop_matrix`, DECA's convention).
+    """
+
+    w: Any
+    crop: Any
+    landmarks: Any
+    shape: Any
+    neutral: Any
+    albedo: Any
+    image: Any
+    crop_matrix: Any
+
+    @property
+    def count(self) -> int:
+        return int(self.w.shape[0])
+
+
+@jax.jit
+def _render(teacher, w):
+    """uint8 images and landmarks with dlib's integer pixel centres, as
+    `dataset_sources.TeacherSource.render` makes them, plus the truth."""
+    scene = tt.scene(teacher, w)
+    sample = tt.render_scene(teacher, scene)
+    image = jnp.round(sample.image * 255.0).astype(jnp.uint8)
+    return image, sample.landmarks2d - 0.5, scene.shape, scene.albedo
+
+
+def _crop(images, matrices, size: int):
+    """`dataset._albedo_fn`'s crop: warp_crop of the uint8 images, rounded."""
+    crop = jax.vmap(lambda im, m: warp_crop(im, m, size))(images, matrices)
+    return jnp.clip(jnp.round(crop), 0, 255).astype(jnp.uint8)
+
+
+_crop_jit = jax.jit(_crop, static_argnames="size")
+_neutral_jit = jax.jit(neutral_vertices)
+
+
+def crop_landmarks(landmarks: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Image landmarks with integer pixel centres (the dataset's
+    `landmarks_used`) -> crop pixels with centres at j + 0.5 (the renderer's).
+
+    Args:
+      landmarks: (68, 2) float image pixels; matrix: (3, 3) `faces.crop_matrix`.
+    Returns:
+      (68, 2) float32.
+    """
+    return (transform_points(np.asarray(landmarks, np.float64),
+                             np.asarray(matrix, np.float64)) + 0.5).astype(np.float32)
+
+
+def make_held_out(teacher: tt.Teacher, key, count: int, crop_size: int,
+                  truncation: float = 1.0, batch: int = 8) -> HeldOut:
+    """Fresh teacher samples, cropped as the training set is.
+
+    z ~ N(0, I) is drawn as `teacher.sample(teacher, key, count)` draws it,
+    w = mapping(z, truncation); the images are rendered `batch` at a time (the
+    last batch padded, so one compiled shape serves all) and cropped as
+    `face3d data generate` crops them (module docstring) from the teacher's
+    true landmarks.
+
+    Args:
+      teacher: the world (its config sets the image and albedo sizes).
+      key: a PRNG key; count: N >= 1; crop_size: c (224 for E_shape).
+      truncation: psi of `teacher.mapping`; batch: images per compiled call.
+    Returns:
+      A `HeldOut` of N samples.
+    """
+    if count < 1 or batch < 1:
+        raise ValueError(f"make_held_out: count and batch must be at least 1, got {count} "
+                         f"and {batch}")
+    if crop_size < 2:
+        raise ValueError(f"make_held_out: crop_size must be at least 2, got {crop_size}")
+    z = jax.random.normal(key, (count, teacher.config.style_dim), jnp.float32)
+    w = np.asarray(tt.mapping(teacher, z, truncation), np.float32)
+    parts = {name: [] for name in ("crop", "landmarks", "shape", "neutral", "albedo", "image",
+                                   "crop_matrix")}
+    for start in range(0, count, batch):
+        real = min(batch, count - start)
+        idx = np.minimum(np.arange(start, start + batch), count - 1)
+        image, lmk, shape, albedo = jax.device_get(_render(teacher, jnp.asarray(w[idx])))
+        m64 = np.stack([crop_matrix(lmk[i], crop_size) for i in range(batch)])
+        m32 = m64.astype(np.float32)  # what the dataset warps with
+        crop = np.asarray(_crop_jit(image, m32, crop_size))
+        parts["crop"].append(crop[:real].astype(np.float32) / 255.0)
+        parts["landmarks"].append(np.stack([crop_landmarks(lmk[i], m64[i])
+                                            for i in range(real)]))
+        parts["shape"].append(shape[:real].astype(np.float32))
+        parts["neutral"].append(np.asarray(_neutral_jit(teacher.model, shape))[:real])
+        parts["albedo"].append(albedo[:real].astype(np.float32))
+        parts["image"].append(image[:real].astype(np.float32) / 255.0)
+        parts["crop_matrix"].append(m32[:real])
+    return HeldOut(w=w, **{name: np.concatenate(v) for name, v in parts.items()})
