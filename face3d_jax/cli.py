@@ -286,7 +286,13 @@ def _train(args) -> None:
     from face3d_train.configs import apply_overrides, load
     from face3d_train.loop import train
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    # Our own handler: TFDS/absl configure the root logger on import.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    logger = logging.getLogger("face3d_train")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
     config = apply_overrides(load(args.config), args.set)
     result = train(config, args.workdir)
     print(" ".join(f"{k}={v:.4g}" for k, v in result.items()))

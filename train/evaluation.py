@@ -14,7 +14,7 @@ Metrics (written to metrics.jsonl and TensorBoard under eval/):
 Everything is computed with the generators' constant noise, so the figures are
 a function of the parameters only. With a StyleGAN2 source there is no truth:
 only the rendering terms on the held-out images would be meaningful, and the
-evaluation is skipped (logged).
+evaluation is skipped (logged); `eval.identities = 0` turns it off.
 """
 
 from __future__ import annotations
@@ -48,7 +48,9 @@ class HeldOutEval:
     def __init__(self, trainer, config, teacher=None):
         self.trainer, self.setup = trainer, trainer.setup
         gen = config.data.generate
-        self.enabled = gen.source == "teacher"
+        self.enabled = gen.source == "teacher" and int(config.eval.identities) > 0
+        if int(config.eval.identities) <= 0:
+            return
         if not self.enabled:
             log.warning("evaluation needs the teacher world's truth; source %r has none, so "
                         "eval/* metrics are not computed", gen.source)
@@ -61,6 +63,7 @@ class HeldOutEval:
         weights = self.setup.weights["shape"]
         self.render_weights = {n: weights.get(n, 0.0) for n in _RENDER_TERMS}
         self._eval = jax.jit(self._metrics)
+        self._images = jax.jit(self._image_grids)
 
     def _outputs(self, state, batch):
         setup = self.setup
@@ -102,12 +105,11 @@ class HeldOutEval:
         if not self.enabled:
             return {}
         batch = {k: v[:count] for k, v in self._batch().items()}
+        out = jax.device_get(self._images(state, batch))
+        return {k: np.clip(np.asarray(v), 0.0, 1.0) for k, v in out.items()}
 
-        @jax.jit
-        def run(state, batch):
-            ctx = self._outputs(state, batch)
-            r = ctx.render
-            return dict(target=batch["crop"], render=r.image, albedo=ctx.albedo,
-                        albedo_truth=batch["albedo"], normals=(r.normals * 0.5 + 0.5) * r.mask)
-
-        return {k: np.clip(np.asarray(v), 0.0, 1.0) for k, v in run(state, batch).items()}
+    def _image_grids(self, state, batch):
+        ctx = self._outputs(state, batch)
+        r = ctx.render
+        return dict(target=batch["crop"], render=r.image, albedo=ctx.albedo,
+                    albedo_truth=batch["albedo"], normals=(r.normals * 0.5 + 0.5) * r.mask)

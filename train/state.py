@@ -115,6 +115,29 @@ def _adam(lr, b1, b2, interval=None):
     return optax.adam(lr, b1=b1, b2=b2, eps=1e-8)
 
 
+def _path_names(path) -> list[str]:
+    return [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+
+
+def shape_optimizer(cfg) -> optax.GradientTransformation:
+    """Adam of the shape side (Sec. 5.2: lr 1e-4); the pretrained backbone of
+    E_shape at lr * backbone_lr_scale (1 in the paper config), so a config that
+    speeds up the freshly initialised heads and G_Disp does not also shake the
+    converted face network."""
+    scale = float(cfg.get("backbone_lr_scale", 1.0))
+    base = _adam(cfg.lr, cfg.b1, cfg.b2)
+    if scale == 1.0:
+        return base
+
+    def labels(params):
+        return jax.tree_util.tree_map_with_path(
+            lambda path, _: "backbone" if _path_names(path)[:2] == ["encoder", "backbone"]
+            else "rest", params)
+
+    return optax.multi_transform(
+        {"backbone": _adam(float(cfg.lr) * scale, cfg.b1, cfg.b2), "rest": base}, labels)
+
+
 def make_setup(config, model: FlameModel, key: jax.Array,
                networks: Networks | None = None) -> Setup:
     """Builds the networks of `config.model` from `key` and everything static.
@@ -122,6 +145,10 @@ def make_setup(config, model: FlameModel, key: jax.Array,
     Raises ValueError for an unknown loss term or schedule that cannot work
     (e.g. a shape-centre loss with one image per identity).
     """
+    if int(config.model.render_size) != int(config.data.generate.crop_size):
+        raise ValueError(f"model.render_size = {config.model.render_size} must equal "
+                         f"data.generate.crop_size = {config.data.generate.crop_size}: the "
+                         "render is compared with the crop pixel for pixel")
     nets = networks or build_networks(config.model, model, key)
     weights = {p: T.check_weights(config.losses.get(p, {}), p) for p in PHASES}
     groups = (int(config.data.identities_per_batch), int(config.data.images_per_identity))
@@ -138,7 +165,7 @@ def make_setup(config, model: FlameModel, key: jax.Array,
         layout=nets.layout, camera_prior=nets.camera_prior,
         max_displacement=nets.max_displacement,
         uv_mask=np.asarray(uvr.inside, np.float32), weights=weights,
-        shape_tx=_adam(config.optim.shape.lr, config.optim.shape.b1, config.optim.shape.b2),
+        shape_tx=shape_optimizer(config.optim.shape),
         g_tx=_adam(g.g_lr, g.b1, g.b2, int(g.g_reg_every) if g.pl_weight > 0 else None),
         d_tx=_adam(g.d_lr, g.b1, g.b2, int(g.d_reg_every) if g.r1_gamma > 0 else None),
         groups=groups, initial=((params, buffers), identity_state))

@@ -43,6 +43,12 @@ class IdentityGroups:
     def __len__(self) -> int:
         return len(self.groups)
 
+    def __repr__(self) -> str:
+        # grain stores repr(source) in its iterator state and checks it on
+        # restore: it must not contain a memory address.
+        return (f"IdentityGroups(identities={len(self.groups)}, images={len(self.records)}, "
+                f"images_per_identity={self.k}, seed={self.seed})")
+
     def __getitem__(self, g: int) -> dict:
         _, first, count = (int(v) for v in self.groups[int(g)])
         if count >= self.k:
