@@ -15,7 +15,8 @@ losses of `face3d_jax.losses` (Sec. 3.3, 4.1, 4.2, Eqs. 1, 4, 5) and
 
   identity                         Eq. 1 between F(I_ren) and F(I_StlGAN)
   perceptual                       Sec. 4.1: mean squared difference of F's
-                                   mid-level maps (or VGG relu3_3) of I_ren, I_StlGAN
+                                   mid-level maps of I_ren, I_StlGAN (the paper:
+                                   VGG16 relu3_3, not wired in yet)
   landmark                         Sec. 4.1: MSE of the 68 landmarks, in crop
                                    units of [-1, 1] (DECA's normalisation, so the
                                    weight does not depend on the crop size)
@@ -94,10 +95,9 @@ class Context:
     """
 
     def __init__(self, *, batch, codes, displacement, albedo, render_fn, identity_fn,
-                 disc_fn, uv_mask, groups, perceptual_fn=None):
+                 disc_fn, uv_mask, groups):
         self.batch, self.codes, self.displacement, self.albedo = batch, codes, displacement, albedo
         self.render_fn, self.identity_fn, self.disc_fn = render_fn, identity_fn, disc_fn
-        self.perceptual_fn = perceptual_fn
         self.uv_mask, self.groups = uv_mask, groups
 
     target = property(lambda self: self.batch["crop"])
@@ -140,8 +140,8 @@ def _identity(ctx: Context) -> jax.Array:
 def _perceptual(ctx: Context) -> jax.Array:
     # losses.perceptual_loss's formula on maps already computed for the identity
     # term (one pass of F per image); the render is already over the target.
-    if ctx.perceptual_fn is not None:
-        return L.perceptual_loss(ctx.render.image, ctx.target, feature_fn=ctx.perceptual_fn)
+    # The paper's VGG16 relu3_3 is not wired into the trainer (no VGG weights
+    # ship): the maps are F's, as `nets.perceptual` does without VGG.
     fr, ft = ctx.identity_render[1], ctx.identity_target[1]
     per_map = [jnp.mean(jnp.square(fr[k] - ft[k])) for k in sorted(fr)]
     return sum(per_map) / len(per_map)
@@ -189,8 +189,3 @@ def _albedo_identity(ctx: Context) -> jax.Array:
 @register_term("gan")
 def _gan(ctx: Context) -> jax.Array:
     return gan_losses.g_nonsaturating_loss(ctx.disc_fn(ctx.albedo))
-
-
-def term_names() -> list[str]:
-    return sorted(_TERMS)
-

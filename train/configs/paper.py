@@ -49,7 +49,6 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.displacement = ml_collections.ConfigDict(dict(
         resolution=256, channel_multiplier=2, channel_max=0, n_mlp=8, max_displacement=0.01))
     c.model.identity = ml_collections.ConfigDict(dict(kind="dlib", chip_size=150, weights=""))
-    c.model.perceptual = ml_collections.ConfigDict(dict(kind="identity", vgg=""))
     c.model.render_size = 224
 
     c.schedule = ml_collections.ConfigDict(dict(
