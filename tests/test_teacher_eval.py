@@ -89,6 +89,30 @@ def test_mesh_error_of_a_scaled_copy_is_closed_form(default_flame):
     np.testing.assert_allclose(np.asarray(te.mesh_error_mm(pred, truth)), expected, rtol=1e-3)
 
 
+def test_scaled_alignment_undoes_a_similarity_and_matches_least_squares(default_flame):
+    truth = _mesh(default_flame, 2, 6)
+    centre = truth.mean(1, keepdims=True)
+    rot = Rotation.from_rotvec([[0.3, -0.2, 0.5], [-1.0, 0.4, 0.1]])
+    scaled = centre + np.array([0.9, 1.07])[:, None, None] * (truth - centre)
+    pred = np.stack([rot[i].apply(scaled[i]) for i in range(2)]) + np.array([0.05, -0.1, 0.3])
+    assert np.all(np.asarray(te.mesh_error_mm(pred, truth, scale=True)) < 1e-3)
+    assert np.all(np.asarray(te.mesh_error_mm(pred, truth)) > 1.0)
+    # With noise: for the best rotation (scipy), the least-squares scale is
+    # <R xs, xt> / |xs|^2; the aligned points and the error match it.
+    noisy = truth + 0.002 * np.random.default_rng(8).standard_normal(truth.shape)
+    aligned = np.asarray(te.rigid_align(pred, noisy, scale=True))
+    err = np.asarray(te.mesh_error_mm(pred, noisy, scale=True))
+    for i in range(2):
+        xs, xt = pred[i] - pred[i].mean(0), noisy[i] - noisy[i].mean(0)
+        r, _ = Rotation.align_vectors(xt, xs)
+        c = np.sum(r.apply(xs) * xt) / np.sum(xs * xs)
+        ref = c * r.apply(xs) + noisy[i].mean(0)
+        assert np.abs(aligned[i] - ref).max() < 2e-5
+        assert err[i] == pytest.approx(1000.0 * np.linalg.norm(ref - noisy[i], axis=1).mean(),
+                                       rel=1e-4)
+        assert err[i] < np.asarray(te.mesh_error_mm(pred, noisy))[i]
+
+
 def test_mesh_error_rejects_mismatched_meshes():
     with pytest.raises(ValueError, match="rigid_align"):
         te.mesh_error_mm(np.zeros((2, 10, 3)), np.zeros((2, 11, 3)))
@@ -283,3 +307,19 @@ def test_held_out_landmarks_sit_on_the_face_in_the_crop(source, held):
 def test_make_held_out_rejects_bad_counts(source):
     with pytest.raises(ValueError, match="count"):
         te.make_held_out(source.world, jax.random.key(0), 0, CROP)
+    with pytest.raises(ValueError, match="held_out_from_w"):
+        te.held_out_from_w(source.world, np.zeros((0, 18, 512), np.float32), CROP)
+
+
+def test_identity_views_share_shape_and_albedo_and_vary_the_rest(source):
+    world = source.world
+    w = te.identity_views(world, jax.random.key(3), groups=3, views=2)
+    assert w.shape == (6, world.config.n_latent, world.config.style_dim)
+    parts = jax.jit(lambda t, w: (lambda s: (s.shape, s.albedo, s.expression, s.global_pose))(
+        tt.scene(t, w)))(world, jnp.asarray(w))
+    shape, albedo, expression, pose = (np.asarray(p).reshape(3, 2, -1) for p in parts)
+    np.testing.assert_allclose(shape[:, 0], shape[:, 1], atol=1e-5)
+    np.testing.assert_allclose(albedo[:, 0], albedo[:, 1], atol=1e-5)
+    assert np.abs(shape[0, 0] - shape[1, 0]).max() > 0.1          # identities differ
+    assert np.all(np.abs(expression[:, 0] - expression[:, 1]).max(-1) > 0.05)
+    assert np.all(np.abs(pose[:, 0] - pose[:, 1]).max(-1) > 1e-3)  # and so do the views

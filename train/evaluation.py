@@ -3,8 +3,10 @@ true shape and albedo are known.
 
 Metrics (written to metrics.jsonl and TensorBoard under eval/):
   shape_error_mm  mean per-vertex distance (mm) between the neutral mesh of the
-                  predicted shape code and that of the true code, after rigid
-                  alignment (as NoW compares neutral shapes; FLAME scale)
+                  predicted shape code and that of the true code, after
+                  alignment by rotation, translation and scale (NoW's protocol:
+                  the crop hides head size; teacher_eval's docstring)
+  shape_error_metric_mm   the same without the scale (a wrong head size counts)
   albedo_psnr     PSNR (dB) of G_Ab's EMA albedo against the teacher's albedo
                   over the face region of the UV layout
   landmark_px     mean 2D landmark distance in crop pixels
@@ -77,7 +79,8 @@ class HeldOutEval:
         r = ctx.render
         values = {n: T.TERMS[n](ctx) for n in _RENDER_TERMS}
         out = {
-            "shape_error_mm": jnp.mean(te.mesh_error_mm(pred, neutral)),
+            "shape_error_mm": jnp.mean(te.mesh_error_mm(pred, neutral, scale=True)),
+            "shape_error_metric_mm": jnp.mean(te.mesh_error_mm(pred, neutral)),
             "albedo_psnr": jnp.mean(te.albedo_psnr(ctx.albedo, albedo_true, face_mask)),
             "landmark_px": jnp.mean(jnp.linalg.norm(r.landmarks2d - batch["landmarks"], axis=-1)),
             "photometric": L.masked_mse(r.image, batch["crop"], r.mask),

@@ -8,8 +8,13 @@ metrics that compare a trained model's outputs with it.
 
 Metrics (all float32, jit-able):
   - `rigid_align` / `mesh_error_mm`: mean per-vertex distance (mm) of two
-    meshes after the best rotation and translation (Kabsch; no scale: the
-    teacher's FLAME is metric, so a wrong head size counts as error).
+    meshes after the best rotation, translation and, with `scale=True`, one
+    uniform scale (Kabsch / Umeyama). The trainer's `shape_error_mm` uses the
+    scale, as the NoW benchmark aligns predictions "rotation, translation and
+    scaling": E_shape sees DECA's crop, which is cut to the landmarks' size, so
+    absolute head size is not in its input (and in the procedural FLAME the
+    first shape component is 98% a uniform scale). `shape_error_metric_mm`
+    (no scale) counts a wrong head size as error, as metric benchmarks do.
   - `neutral_vertices`: the FLAME mesh of shape coefficients alone (zero
     expression and pose), what the shape error is measured on, so that
     expression and pose do not leak into it.
@@ -53,17 +58,19 @@ def _check_meshes(name: str, a, b):
                          "(B, V, 3)")
 
 
-def rigid_align(source, target):
-    """Rotates and translates `source` onto `target` (Kabsch, least squares).
+def rigid_align(source, target, scale: bool = False):
+    """Rotates, translates and optionally scales `source` onto `target`
+    (Kabsch; with scale, Umeyama 1991; least squares).
 
-    The rotation is proper (det +1: a reflection is never used) and there is
-    no scale.
+    The rotation is proper (det +1: a reflection is never used).
 
     Args:
       source: (B, V, 3) float32 points, e.g. a predicted mesh (metres).
       target: (B, V, 3) float32 points in correspondence with `source`.
+      scale: also fit one uniform scale c > 0 per mesh (else c = 1).
     Returns:
-      (B, V, 3) float32: R source_i + t minimising sum_i |R source_i + t - target_i|^2.
+      (B, V, 3) float32: c R source_i + t minimising
+      sum_i |c R source_i + t - target_i|^2.
     """
     source = jnp.asarray(source, jnp.float32)
     target = jnp.asarray(target, jnp.float32)
@@ -72,25 +79,32 @@ def rigid_align(source, target):
     mu_t = jnp.mean(target, axis=1, keepdims=True)
     xs, xt = source - mu_s, target - mu_t
     cov = jnp.einsum("bvi,bvj->bij", xs, xt)  # (B, 3, 3)
-    u, _, vt = jnp.linalg.svd(cov)
+    u, sv, vt = jnp.linalg.svd(cov)
     # Flip the weakest axis where U V^T would be a reflection.
     d = jnp.sign(jnp.linalg.det(jnp.einsum("bij,bjk->bik", u, vt)))
     d = jnp.where(d == 0, 1.0, d)
     flip = jnp.stack([jnp.ones_like(d), jnp.ones_like(d), d], axis=-1)
     rot = jnp.einsum("bji,bj,bkj->bik", vt, flip, u)  # R = V diag(1, 1, d) U^T
-    return jnp.einsum("bij,bvj->bvi", rot, xs) + mu_t
+    c = 1.0
+    if scale:
+        # Umeyama's c = tr(D S) / var(source); a degenerate source keeps c = 1.
+        var = jnp.sum(xs * xs, axis=(1, 2))
+        c = jnp.where(var > 0, jnp.sum(sv * flip, axis=-1) / jnp.where(var > 0, var, 1.0),
+                      1.0)[:, None, None]
+    return c * jnp.einsum("bij,bvj->bvi", rot, xs) + mu_t
 
 
-def mesh_error_mm(pred, truth):
+def mesh_error_mm(pred, truth, scale: bool = False):
     """Mean per-vertex distance after `rigid_align` of pred onto truth.
 
     Args:
       pred: (B, V, 3) float32 metres; truth: (B, V, 3) float32 metres.
+      scale: align with a uniform scale too (NoW's protocol).
     Returns:
       (B,) float32 millimetres.
     """
     truth = jnp.asarray(truth, jnp.float32)
-    aligned = rigid_align(pred, truth)
+    aligned = rigid_align(pred, truth, scale)
     return 1000.0 * jnp.mean(jnp.linalg.norm(aligned - truth, axis=-1), axis=1)
 
 
@@ -275,10 +289,7 @@ def make_held_out(teacher: tt.Teacher, key, count: int, crop_size: int,
     """Fresh teacher samples, cropped as the training set is.
 
     z ~ N(0, I) is drawn as `teacher.sample(teacher, key, count)` draws it,
-    w = mapping(z, truncation); the images are rendered `batch` at a time (the
-    last batch padded, so one compiled shape serves all) and cropped as
-    `face3d data generate` crops them (module docstring) from the teacher's
-    true landmarks.
+    w = mapping(z, truncation), and `held_out_from_w` renders and crops them.
 
     Args:
       teacher: the world (its config sets the image and albedo sizes).
@@ -287,13 +298,56 @@ def make_held_out(teacher: tt.Teacher, key, count: int, crop_size: int,
     Returns:
       A `HeldOut` of N samples.
     """
-    if count < 1 or batch < 1:
-        raise ValueError(f"make_held_out: count and batch must be at least 1, got {count} "
-                         f"and {batch}")
-    if crop_size < 2:
-        raise ValueError(f"make_held_out: crop_size must be at least 2, got {crop_size}")
+    if count < 1:
+        raise ValueError(f"make_held_out: count must be at least 1, got {count}")
     z = jax.random.normal(key, (count, teacher.config.style_dim), jnp.float32)
     w = np.asarray(tt.mapping(teacher, z, truncation), np.float32)
+    return held_out_from_w(teacher, w, crop_size, batch)
+
+
+def identity_views(teacher: tt.Teacher, key, groups: int, views: int,
+                   truncation: float = 1.0) -> np.ndarray:
+    """w of G identities seen K ways: within a group every w shares the first
+    one's identity subspace (so its shape and albedo), while expression, pose,
+    light, camera and background come from independent z.
+
+    Args:
+      teacher: the world; key: a PRNG key; groups: G >= 1; views: K >= 1.
+      truncation: psi of `teacher.mapping`.
+    Returns:
+      (G * K, n_latent, style_dim) float32, group-major (views of a group adjacent).
+    """
+    if groups < 1 or views < 1:
+        raise ValueError(f"identity_views: groups and views must be at least 1, got {groups} "
+                         f"and {views}")
+    z = jax.random.normal(key, (groups * views, teacher.config.style_dim), jnp.float32)
+    w = np.array(tt.mapping(teacher, z, truncation), np.float32)
+    w = w.reshape(groups, views, *w.shape[1:])
+    idx = np.asarray(teacher.dims["identity"])
+    w[:, :, :, idx] = w[:, :1, :, idx]
+    return w.reshape(groups * views, *w.shape[2:])
+
+
+def held_out_from_w(teacher: tt.Teacher, w, crop_size: int, batch: int = 8) -> HeldOut:
+    """Teacher samples of given w, rendered and cropped as the training set is.
+
+    The images are rendered `batch` at a time (the last batch padded, so one
+    compiled shape serves all) and cropped as `face3d data generate` crops
+    them (module docstring) from the teacher's true landmarks.
+
+    Args:
+      teacher: the world; w: (N, n_latent, style_dim) float32, N >= 1.
+      crop_size: c (224 for E_shape); batch: images per compiled call.
+    Returns:
+      A `HeldOut` of N samples.
+    """
+    w = np.asarray(w, np.float32)
+    count = w.shape[0] if w.ndim == 3 else 0
+    if count < 1 or batch < 1:
+        raise ValueError(f"held_out_from_w: w has shape {w.shape} and batch is {batch}; "
+                         "expected (N >= 1, n_latent, style_dim) and batch >= 1")
+    if crop_size < 2:
+        raise ValueError(f"held_out_from_w: crop_size must be at least 2, got {crop_size}")
     parts = {name: [] for name in ("crop", "landmarks", "shape", "neutral", "albedo", "image",
                                    "crop_matrix")}
     for start in range(0, count, batch):
