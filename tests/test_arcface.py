@@ -200,3 +200,26 @@ def test_errors_name_the_problem(twin, tmp_path):
         convert_arcface(sd)(jnp.zeros((1, 64, 64, 3)))
     with pytest.raises(ValueError, match="unknown iresnet"):
         iresnet_config("iresnet101")
+
+
+def test_trainer_identity_pass_matches_twin_embedding_and_stage_maps(twin, images):
+    # The trainer's F (train/models.py) takes [0, 1] images and gets the
+    # embedding and the perceptual maps of stages 1-3 from one pass.
+    from face3d_train.models import identity_embedding_and_features
+
+    net = convert_arcface(twin.state_dict())
+    maps_ref = {}
+    hooks = [getattr(twin, f"layer{n}").register_forward_hook(
+        lambda _m, _i, out, n=n: maps_ref.__setitem__(n, out.numpy())) for n in (1, 2, 3)]
+    with torch.no_grad():
+        ref = twin(_nchw(images[:2])).numpy()
+    for h in hooks:
+        h.remove()
+    emb, maps = nnx.jit(identity_embedding_and_features, static_argnums=2)(
+        net, jnp.asarray((images[:2] + 1.0) / 2.0), 112)
+    _assert_same_embedding(emb, ref)
+    assert sorted(maps) == ["stage1", "stage2", "stage3"]
+    for n in (1, 2, 3):
+        got, want = np.asarray(maps[f"stage{n}"]), maps_ref[n].transpose(0, 2, 3, 1)
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, atol=1e-4 * np.abs(want).max(), rtol=0)

@@ -232,9 +232,10 @@ def albedo_map(g: Generator, w: jax.Array, *, noise_mode: str = "const", key=Non
 
 def identity_embedding_and_features(net: Any, images: jax.Array, chip_size: int
                                     ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """F on images (B, H, W, 3) in [0, 1], resized to chip_size^2: the embedding
-    (B, D) float32 and the mid-level maps of the perceptual loss, from one pass.
-    dlib's network takes 0..255 RGB; ArcFace [-1, 1] RGB (its maps: stages 1-3)."""
+    """F on images (B, H, W, 3) in [0, 1]: the embedding (B, D) float32 and the
+    mid-level maps of the perceptual loss, from one pass. dlib's network takes
+    0..255 RGB at chip_size^2; ArcFace [-1, 1] RGB at its 112^2 (chip_size is
+    not used; its maps are stages 1-3)."""
     b = images.shape[0]
     x = jnp.asarray(images, jnp.float32)
     if x.shape[1:3] != (chip_size, chip_size):
@@ -244,11 +245,11 @@ def identity_embedding_and_features(net: Any, images: jax.Array, chip_size: int
         emb = jnp.mean(stages[-1], axis=(1, 2)) @ net.fc[...]
         maps = dict(zip(dlib_resnet.MID_LEVEL_NAMES, stages))
         return emb.astype(jnp.float32), maps
-    emb = net(jax.image.resize(x, (b, arcface.INPUT_SIZE, arcface.INPUT_SIZE, 3), "bilinear")
-              * 2.0 - 1.0, use_running_average=True)
-    maps = {f"stage{n}": net.stem_and_stages(x * 2.0 - 1.0, True, num_stages=n)
-            for n in (1, 2, 3)}
-    return emb, maps
+    # One pass of ArcFace at its 112^2 input gives the embedding and the maps.
+    x = jax.image.resize(x, (b, arcface.INPUT_SIZE, arcface.INPUT_SIZE, 3), "bilinear")
+    stages = net.stage_maps(x * 2.0 - 1.0, True)
+    emb = net.embed_map(stages[-1], True)
+    return emb, {f"stage{n}": stages[n - 1] for n in (1, 2, 3)}
 
 
 def param_count(module) -> int:

@@ -219,6 +219,36 @@ class IResNet(nnx.Module):
                 x = block(x, use_running_average=ura)
         return x
 
+    def stage_maps(self, x: jax.Array, use_running_average: bool | None = None
+                   ) -> tuple[jax.Array, ...]:
+        """The feature maps after stages 1, 2, 3 and 4 (before bn2), from one pass.
+
+        x: (B, H, W, 3) float in [-1, 1]. Returns four (B, H/2^n, W/2^n,
+        widths[n-1]) arrays in the computation dtype, n = 1..4.
+        """
+        ura = use_running_average
+        x = self.stem_and_stages(x, ura, num_stages=0)
+        maps = []
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            for block in stage:
+                x = block(x, use_running_average=ura)
+            maps.append(x)
+        return tuple(maps)
+
+    def embed_map(self, x: jax.Array, use_running_average: bool | None = None, *,
+                  rngs: nnx.Rngs | None = None) -> jax.Array:
+        """The head on the last stage's map (B, 7, 7, widths[3]) of a 112^2 input:
+        bn2, flatten, dropout, fc, feature BatchNorm -> (B, num_features) float32."""
+        ura = use_running_average
+        x = self.bn2(x, use_running_average=ura)
+        x = x.reshape(x.shape[0], -1)
+        deterministic = None if ura is None else bool(ura)
+        if self.config.dropout > 0:
+            x = self.dropout(x, deterministic=deterministic, rngs=rngs)
+        x = self.fc(x)
+        x = self.features(x.astype(jnp.float32), use_running_average=ura)
+        return x * self.features_scale[...] + self.features_bias[...]
+
     def __call__(self, x: jax.Array, use_running_average: bool | None = None, *,
                  rngs: nnx.Rngs | None = None) -> jax.Array:
         """x: (B, 112, 112, 3) float RGB in [-1, 1] -> embedding (B, num_features) float32.
@@ -229,11 +259,4 @@ class IResNet(nnx.Module):
             raise ValueError(f"iresnet expects images of shape (B, {INPUT_SIZE}, {INPUT_SIZE}, 3), "
                              f"got {tuple(x.shape)}")
         ura = use_running_average
-        x = self.bn2(self.stem_and_stages(x, ura), use_running_average=ura)
-        x = x.reshape(x.shape[0], -1)
-        deterministic = None if ura is None else bool(ura)
-        if self.config.dropout > 0:
-            x = self.dropout(x, deterministic=deterministic, rngs=rngs)
-        x = self.fc(x)
-        x = self.features(x.astype(jnp.float32), use_running_average=ura)
-        return x * self.features_scale[...] + self.features_bias[...]
+        return self.embed_map(self.stem_and_stages(x, ura), ura, rngs=rngs)
