@@ -46,7 +46,7 @@ from face3d_train.state import PHASES, AlbedoSide, Setup, ShapeSide, TrainState
 
 
 def _norm(tree) -> jax.Array:
-    return optax.global_norm(tree).astype(jnp.float32)
+    return optax.tree_utils.tree_norm(tree).astype(jnp.float32)
 
 
 def _select(ok, new, old):
