@@ -100,6 +100,19 @@ def test_roundtrip_keep_and_latest(tmp_path):
         _assert_same(ck.restore(abstract, step=6)[0], ref[6])
 
 
+def test_relative_directory(tmp_path, monkeypatch):
+    # `face3d train --workdir runs/tiny`: orbax's array writer needs an
+    # absolute path, an async save must not fail in its background thread.
+    monkeypatch.chdir(tmp_path)
+    state = _state(2.0, 4)
+    with Checkpointer("runs/ckpt", keep=1, save_every=1) as ck:
+        assert ck.save(4, state, {"pos": 4})
+        ck.wait()
+        restored, meta = ck.restore(jax.eval_shape(lambda: _state(0.0, 0)))
+    assert _step_dirs(tmp_path / "runs" / "ckpt") == [4] and meta == {"pos": 4}
+    _assert_same(restored, _host(state))
+
+
 def test_restore_into_target_sharding(tmp_path):
     devices = jax.devices()
     mesh = Mesh(np.array(devices), ("data",))

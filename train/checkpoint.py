@@ -18,6 +18,7 @@ ValueError naming the step folder. Orbax would otherwise cast dtypes silently.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import jax
@@ -112,6 +113,10 @@ class Checkpointer:
             raise ValueError(f"keep must be an int >= 1, got {keep!r}")
         if not isinstance(save_every, int) or save_every < 1:
             raise ValueError(f"save_every must be an int >= 1, got {save_every!r}")
+        # orbax's array writer (tensorstore) wants an absolute path: a relative
+        # local one, e.g. `--workdir runs/tiny`, is made absolute here.
+        if "://" not in str(directory):
+            directory = os.path.abspath(os.fspath(directory))
         self.directory = epath.Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.save_every = save_every
