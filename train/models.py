@@ -238,15 +238,16 @@ def identity_embedding_and_features(net: Any, images: jax.Array, chip_size: int
     not used; its maps are stages 1-3)."""
     b = images.shape[0]
     x = jnp.asarray(images, jnp.float32)
-    if x.shape[1:3] != (chip_size, chip_size):
-        x = jax.image.resize(x, (b, chip_size, chip_size, 3), "bilinear")
     if isinstance(net, dlib_resnet.DlibFaceResNet):
+        if x.shape[1:3] != (chip_size, chip_size):
+            x = jax.image.resize(x, (b, chip_size, chip_size, 3), "bilinear")
         stages = net.features(x * 255.0)
         emb = jnp.mean(stages[-1], axis=(1, 2)) @ net.fc[...]
         maps = dict(zip(dlib_resnet.MID_LEVEL_NAMES, stages))
         return emb.astype(jnp.float32), maps
     # One pass of ArcFace at its 112^2 input gives the embedding and the maps.
-    x = jax.image.resize(x, (b, arcface.INPUT_SIZE, arcface.INPUT_SIZE, 3), "bilinear")
+    if x.shape[1:3] != (arcface.INPUT_SIZE, arcface.INPUT_SIZE):
+        x = jax.image.resize(x, (b, arcface.INPUT_SIZE, arcface.INPUT_SIZE, 3), "bilinear")
     stages = net.stage_maps(x * 2.0 - 1.0, True)
     emb = net.embed_map(stages[-1], True)
     return emb, {f"stage{n}": stages[n - 1] for n in (1, 2, 3)}
