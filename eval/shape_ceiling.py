@@ -48,9 +48,14 @@ from face3d_train.loop import load_model  # noqa: E402
 from face3d_train.models import CodeLayout, crop_camera_prior, decode_codes  # noqa: E402
 
 
-def fit_landmarks(model, layout: CodeLayout, landmarks, crop_size: int, views: int, *,
+def fit_codes(model, layout: CodeLayout, landmarks, crop_size: int, views: int, *,
                   shared: bool, steps: int, lr: float = 1e-2, prior: float = 0.0):
     """Fits E_shape's codes to landmarks, one shape per view or per identity.
+
+    Unlike `face3d_jax.fitting.fit_landmarks` (FLAME's parameters, its own
+    camera initialisation and contour weights), the parameters here are what
+    E_shape outputs, decoded as the trainer decodes them, and the loss is the
+    trainer's landmark term: the fit is the best the encoder could do.
 
     Args:
       model: the FLAME model; layout: E_shape's code layout.
@@ -134,7 +139,7 @@ def main(argv=None) -> None:
     print(f"| mean face | - | - | {mean[0]:.3f} | {mean[1]:.3f} |")
     for prior in args.prior:
         for shared in (False, True):
-            shape, pixels = fit_landmarks(model, layout, held.landmarks, crop, args.views,
+            shape, pixels = fit_codes(model, layout, held.landmarks, crop, args.views,
                                           shared=shared, steps=args.steps, prior=prior)
             px = float(np.mean(np.linalg.norm(np.asarray(pixels) - held.landmarks, axis=-1)))
             scaled, metric = errors(shape)

@@ -286,11 +286,13 @@ def _train(args) -> None:
     from face3d_train.configs import apply_overrides, load
     from face3d_train.loop import train
 
-    # Our own handler: TFDS/absl configure the root logger on import.
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    # Our own handler: TFDS/absl configure the root logger on import. Added
+    # once, so a second `face3d train` in one process does not print twice.
     logger = logging.getLogger("face3d_train")
-    logger.addHandler(handler)
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
     config = apply_overrides(load(args.config), args.set)
