@@ -1,5 +1,6 @@
 """The trainer (train/): the phase selector, the frozen side, non-finite steps,
-data parallelism on 8 simulated devices, and a SIGKILLed run that resumes.
+the perceptual network, data parallelism on 8 simulated devices (the
+SIGKILLed run that resumes: test_train_resume.py).
 
 The micro config (train_fixtures.py) keeps every network of the paper's
 pipeline but at sizes that compile in seconds; the dataset has the format of
@@ -9,14 +10,6 @@ by `face3d train --config tiny`, see the README).
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,7 +18,6 @@ from train_fixtures import micro_config, write_dataset
 
 from face3d_train.data import Batches, to_global
 from face3d_train.loop import Trainer, load_model, make_mesh
-from face3d_train.metrics import read_metrics
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +85,44 @@ def test_a_non_finite_step_is_skipped(trainer, dataset):
     assert int(new.bad_steps) == 1 and int(new.step) == 3
 
 
+def test_the_perceptual_term_is_vgg16_relu33_when_its_weights_are_given(tmp_path, trainer,
+                                                                       dataset):
+    """Sec. 4.1's VGG16 relu3_3, from a torchvision-layout state dict, against
+    the torch twin of test_vgg.py; without weights the term stays on F's maps."""
+    torch = pytest.importorskip("torch")
+    from test_vgg import TorchVGGFeatures, _relu33_reference
+
+    from face3d_train import terms as T
+    from face3d_train.state import make_setup
+    from face3d_train.step import Nets, context
+
+    assert set(trainer.setup.frozen) == {"identity"}
+    torch.manual_seed(0)
+    twin = TorchVGGFeatures().eval()
+    torch.save(twin.state_dict(), tmp_path / "vgg16.pth")
+    config = micro_config(dataset)
+    config.model.perceptual.weights = str(tmp_path / "vgg16.pth")
+    setup = make_setup(config, trainer.model, jax.random.key(0))
+    assert set(setup.frozen) == {"identity", "perceptual"}
+    batch = {k: jnp.asarray(v) for k, v in _batches(trainer, dataset, 1)[0].items()}
+
+    @jax.jit
+    def term_and_render(state, frozen):
+        ctx = context(setup, Nets(setup, state, frozen), batch, jax.random.key(1),
+                      noise_mode="const")
+        return T.TERMS["perceptual"](ctx), ctx.render.image
+
+    value, image = term_and_render(setup.init_state(jax.random.key(2)), setup.frozen)
+    # The render already lies over the crop (its background), as the term assumes.
+    fr = _relu33_reference(twin, np.asarray(image))
+    ft = _relu33_reference(twin, np.asarray(batch["crop"]))
+    np.testing.assert_allclose(float(value), np.mean(np.square(fr - ft)), rtol=1e-4)
+
+    config.model.perceptual.weights = str(tmp_path / "missing.pth")
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        make_setup(config, trainer.model, jax.random.key(0))
+
+
 @pytest.mark.multidevice
 def test_one_and_eight_devices_reach_the_same_parameters(trainer, dataset):
     """The 1-device run uses the module's switch step; the 8-device run the
@@ -115,74 +145,3 @@ def test_one_and_eight_devices_reach_the_same_parameters(trainer, dataset):
                     + _leaves(eight.albedo.d), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5)
     assert int(one.step) == int(eight.step) == 6
-
-
-def _config_file(tmp_path: Path, dataset, total: int) -> Path:
-    path = tmp_path / "micro.py"
-    path.write_text(
-        "import sys\n"
-        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
-        "from train_fixtures import micro_config\n\n"
-        "def get_config():\n"
-        f"    c = micro_config({str(dataset)!r})\n"
-        # Shape steps only and no evaluation: what is tested is the resumption,
-        # and one compiled phase keeps the three processes short.
-        f"    c.schedule.update(dict(total_steps={total}, albedo_pretrain_steps=0, "
-        f"shape_steps={total}, albedo_steps=0))\n"
-        "    c.selector = 'phase'\n"
-        "    c.eval.identities = 0\n"
-        "    return c\n")
-    return path
-
-
-def _train_cmd(config: Path, workdir: Path):
-    return [sys.executable, "-m", "face3d_jax.cli", "train", "--config", str(config),
-            "--workdir", str(workdir)]
-
-
-def _losses(workdir: Path) -> dict[int, dict]:
-    """step -> the train/* scalars, the last record of each step winning (a
-    resumed run rewrites the steps after its checkpoint)."""
-    out = {}
-    for rec in read_metrics(workdir):
-        train = {k: v for k, v in rec.items() if k.startswith("train/")}
-        if train:
-            out[rec["step"]] = train
-    return out
-
-
-def test_a_killed_run_resumes_and_follows_the_same_curve(tmp_path, dataset):
-    total = 10
-    config = _config_file(tmp_path, dataset, total)
-    # One device in the three processes (resumption does not depend on the
-    # count, tested above): on 2 cores it runs the micro step about twice as
-    # fast as 8 simulated ones. The persistent cache compiles the step once.
-    flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
-                     if "xla_force_host_platform_device_count" not in f)
-    env = dict(os.environ, XLA_FLAGS=flags, JAX_COMPILATION_CACHE_DIR=str(tmp_path / "xla_cache"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    subprocess.run(_train_cmd(config, whole), env=env, check=True, capture_output=True)
-
-    proc = subprocess.Popen(_train_cmd(config, killed), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    # SIGKILL once the step-4 checkpoint is final and before the run ends.
-    deadline = time.monotonic() + 600
-    while not (killed / "checkpoints" / "4").is_dir() or not any(
-            (killed / "checkpoints" / "4").glob("_CHECKPOINT_METADATA")):
-        assert proc.poll() is None, "the run ended before it could be killed"
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "done.json").exists()
-
-    subprocess.run(_train_cmd(config, killed), env=env, check=True, capture_output=True)
-    a, b = _losses(whole), _losses(killed)
-    assert sorted(a) == sorted(b) == list(range(1, total + 1))
-    for step in a:
-        assert a[step].keys() == b[step].keys()
-        for k in a[step]:
-            np.testing.assert_allclose(b[step][k], a[step][k], rtol=1e-5, atol=1e-6,
-                                       err_msg=f"step {step} {k}")
-    assert json.loads((killed / "done.json").read_text())["step"] == total

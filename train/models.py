@@ -165,6 +165,7 @@ class Networks:
     albedo: Generator
     discriminator: Discriminator
     identity: Any           # F: a DlibFaceResNet or an IResNet, frozen
+    perceptual: Any         # VGG16Relu33 (frozen) or None: the perceptual term uses F's maps
     layout: CodeLayout
     camera_prior: np.ndarray
     max_displacement: float
@@ -182,6 +183,7 @@ def build_networks(cfg, model: FlameModel, key: jax.Array, style_dim: int = 512)
         if kind == "dlib" and int(size) < DLIB_MIN_INPUT:
             raise ValueError(f"model.{what} = {size}: dlib's network needs at least "
                              f"{DLIB_MIN_INPUT} pixels")
+    perceptual = perceptual_network(cfg)  # first: a bad weights path fails before any build
     rngs = nnx.Rngs(key)
     layout = CodeLayout(int(cfg.num_shape), int(cfg.num_expression))
     enc = cfg.encoder
@@ -211,9 +213,22 @@ def build_networks(cfg, model: FlameModel, key: jax.Array, style_dim: int = 512)
     else:
         raise ValueError(f"unknown identity network {ident.kind!r}: 'dlib' or 'arcface'")
     return Networks(encoder=encoder, displacement=disp, albedo=albedo, discriminator=disc,
-                    identity=identity, layout=layout,
+                    identity=identity, perceptual=perceptual, layout=layout,
                     camera_prior=crop_camera_prior(model),
                     max_displacement=float(cfg.displacement.max_displacement))
+
+
+def perceptual_network(cfg):
+    """The perceptual loss's network (Sec. 4.1): VGG16 to relu3_3 from
+    `perceptual.weights`, a torchvision VGG16 state dict (read without executing
+    code), or None when empty: no VGG16 weights ship, and the perceptual term
+    then compares F's mid-level maps (terms.py)."""
+    weights = cfg.get("perceptual", {}).get("weights", "")
+    if not weights:
+        return None
+    from face3d_jax.convert.vgg import convert_vgg16
+
+    return convert_vgg16(weights)
 
 
 def displacement_map(g: Generator, w: jax.Array, max_displacement: float, *,

@@ -10,8 +10,9 @@ Design card: two optax states, one per phase, in one train state.
                 step counter that schedules the lazy regularisers;
   state.buffers the modules' non-trained variables (noise buffers, latent_avg,
                 frozen BatchNorm statistics, fixed scales): read, never written.
-The frozen networks (F of the identity and perceptual losses) are not part of
-the state: they are an argument of the step, never checkpointed.
+The frozen networks (F of the identity and perceptual losses, VGG16 when its
+weights are given) are not part of the state: they are an argument of the
+step, never checkpointed.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ class Setup:
     config: Any
     model: FlameModel
     graphs: dict            # name -> nnx.GraphDef
-    identity_graph: Any
+    frozen_graphs: dict     # "identity" (F) and, with VGG16 weights, "perceptual"
     layout: Any
     camera_prior: np.ndarray
     max_displacement: float
@@ -78,7 +79,7 @@ class Setup:
     g_tx: optax.GradientTransformation
     d_tx: optax.GradientTransformation
     groups: tuple[int, int]
-    initial: Any            # (state without optimizer, frozen identity state), see init_state
+    initial: Any            # (state without optimizer, {name: frozen state}), see init_state
 
     def phase_of(self, step: jax.Array) -> jax.Array:
         """0 pretrain, 1 shape, 2 albedo for a step counter (traced or not)."""
@@ -157,15 +158,18 @@ def make_setup(config, model: FlameModel, key: jax.Array,
     graphs, params, buffers = {}, {}, {}
     for name in ("encoder", "displacement", "albedo", "discriminator"):
         graphs[name], params[name], buffers[name] = nnx.split(getattr(nets, name), nnx.Param, ...)
-    identity_graph, identity_state = nnx.split(nets.identity)
+    frozen_graphs, frozen = {}, {}
+    for name in ("identity", "perceptual"):
+        if getattr(nets, name) is not None:
+            frozen_graphs[name], frozen[name] = nnx.split(getattr(nets, name))
     g = config.optim.gan
     uvr = tex.uv_raster(model.uv_coords, model.uv_faces, nets.albedo.config.resolution)
     return Setup(
-        config=config, model=model, graphs=graphs, identity_graph=identity_graph,
+        config=config, model=model, graphs=graphs, frozen_graphs=frozen_graphs,
         layout=nets.layout, camera_prior=nets.camera_prior,
         max_displacement=nets.max_displacement,
         uv_mask=np.asarray(uvr.inside, np.float32), weights=weights,
         shape_tx=shape_optimizer(config.optim.shape),
         g_tx=_adam(g.g_lr, g.b1, g.b2, int(g.g_reg_every) if g.pl_weight > 0 else None),
         d_tx=_adam(g.d_lr, g.b1, g.b2, int(g.d_reg_every) if g.r1_gamma > 0 else None),
-        groups=groups, initial=((params, buffers), identity_state))
+        groups=groups, initial=((params, buffers), frozen))

@@ -74,7 +74,10 @@ class Nets:
         self.albedo = nnx.merge(gr["albedo"], state.albedo.g if g is None else g, b["albedo"])
         self.discriminator = nnx.merge(gr["discriminator"], state.albedo.d if d is None else d,
                                        b["discriminator"])
-        self.identity = nnx.merge(setup.identity_graph, frozen)
+        fg = setup.frozen_graphs
+        self.identity = nnx.merge(fg["identity"], frozen["identity"])
+        self.perceptual = (nnx.merge(fg["perceptual"], frozen["perceptual"])
+                           if "perceptual" in fg else None)
 
 
 def context(setup: Setup, nets: Nets, batch: dict, key, *, albedo=None,
@@ -108,7 +111,7 @@ def context(setup: Setup, nets: Nets, batch: dict, key, *, albedo=None,
     return T.Context(
         batch=batch, codes=codes, displacement=disp, albedo=albedo, render_fn=render_fn,
         identity_fn=lambda x: identity_embedding_and_features(nets.identity, x, chip),
-        disc_fn=lambda a: nets.discriminator(a * 2.0 - 1.0),
+        perceptual_fn=nets.perceptual, disc_fn=lambda a: nets.discriminator(a * 2.0 - 1.0),
         uv_mask=jnp.asarray(setup.uv_mask), groups=setup.groups)
 
 
@@ -218,7 +221,7 @@ def _gan_phase(setup: Setup, state: TrainState, batch, frozen, key, phase: str):
                             render_fn=None, identity_fn=functools.partial(
                                 identity_embedding_and_features, nets.identity,
                                 chip_size=int(setup.config.model.identity.chip_size)),
-                            disc_fn=lambda a: nets.discriminator(a * 2.0 - 1.0),
+                            perceptual_fn=nets.perceptual, disc_fn=lambda a: nets.discriminator(a * 2.0 - 1.0),
                             uv_mask=jnp.asarray(setup.uv_mask), groups=setup.groups)
         else:
             shape = jax.lax.stop_gradient(state.shape.params)

@@ -14,9 +14,10 @@ losses of `face3d_jax.losses` (Sec. 3.3, 4.1, 4.2, Eqs. 1, 4, 5) and
 `face3d_jax.gan_losses`; what each compares:
 
   identity                         Eq. 1 between F(I_ren) and F(I_StlGAN)
-  perceptual                       Sec. 4.1: mean squared difference of F's
-                                   mid-level maps of I_ren, I_StlGAN (the paper:
-                                   VGG16 relu3_3, not wired in yet)
+  perceptual                       Sec. 4.1: mean squared difference of VGG16
+                                   relu3_3 of I_ren and I_StlGAN (the paper's;
+                                   model.perceptual.weights), or of F's mid-level
+                                   maps when no VGG16 weights are given
   landmark                         Sec. 4.1: MSE of the 68 landmarks, in crop
                                    units of [-1, 1] (DECA's normalisation, so the
                                    weight does not depend on the crop size)
@@ -90,14 +91,16 @@ class Context:
       codes: `models.decode_codes` output; displacement (B, Td, Td, 1) or None;
       albedo (B, Ta, Ta, 3) A_AbGAN; render_fn: albedo -> RenderOutput of the
       detailed mesh under the predicted camera and light, over the crop;
-      identity_fn: images -> (embedding, maps); disc_fn: albedo in [0, 1] ->
+      identity_fn: images -> (embedding, maps); perceptual_fn: images -> VGG16
+      relu3_3 (B, H/4, W/4, 256), or None (the perceptual term uses F's maps); disc_fn: albedo in [0, 1] ->
       logits (B, 1); uv_mask: (Ta, Ta) float32; groups: (G, K) of the batch.
     """
 
     def __init__(self, *, batch, codes, displacement, albedo, render_fn, identity_fn,
-                 disc_fn, uv_mask, groups):
+                 disc_fn, uv_mask, groups, perceptual_fn=None):
         self.batch, self.codes, self.displacement, self.albedo = batch, codes, displacement, albedo
         self.render_fn, self.identity_fn, self.disc_fn = render_fn, identity_fn, disc_fn
+        self.perceptual_fn = perceptual_fn
         self.uv_mask, self.groups = uv_mask, groups
 
     target = property(lambda self: self.batch["crop"])
@@ -138,11 +141,14 @@ def _identity(ctx: Context) -> jax.Array:
 
 @register_term("perceptual")
 def _perceptual(ctx: Context) -> jax.Array:
-    # losses.perceptual_loss's formula on maps already computed for the identity
-    # term (one pass of F per image); the render is already over the target.
-    # The paper's VGG16 relu3_3 is not wired into the trainer (no VGG weights
-    # ship): the maps are F's, as `nets.perceptual` does without VGG.
-    fr, ft = ctx.identity_render[1], ctx.identity_target[1]
+    # losses.perceptual_loss's formula; the render is already over the target
+    # (its background is the crop). Without VGG16 the maps are those F already
+    # computed for the identity term, as `nets.perceptual` falls back to.
+    if ctx.perceptual_fn is None:
+        fr, ft = ctx.identity_render[1], ctx.identity_target[1]
+    else:
+        fr = {"relu3_3": ctx.perceptual_fn(ctx.render.image)}
+        ft = {"relu3_3": jax.lax.stop_gradient(ctx.perceptual_fn(ctx.target))}
     per_map = [jnp.mean(jnp.square(fr[k] - ft[k])) for k in sorted(fr)]
     return sum(per_map) / len(per_map)
 

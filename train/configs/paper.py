@@ -49,6 +49,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.displacement = ml_collections.ConfigDict(dict(
         resolution=256, channel_multiplier=2, channel_max=0, n_mlp=8, max_displacement=0.01))
     c.model.identity = ml_collections.ConfigDict(dict(kind="dlib", chip_size=150, weights=""))
+    # The perceptual loss's VGG16 (Sec. 4.1, relu3_3): a torchvision VGG16 state
+    # dict; empty: F's mid-level maps (no VGG16 weights ship).
+    c.model.perceptual = ml_collections.ConfigDict(dict(weights=""))
     c.model.render_size = 224
 
     c.schedule = ml_collections.ConfigDict(dict(
