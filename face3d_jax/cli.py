@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+    except (OSError, ValueError, RuntimeError) as exc:  # OSError: missing files, failed writes
         # Bad input ends with one line a person can act on, not a traceback.
         print(f"face3d: error: {exc}", file=sys.stderr)
         return 2

@@ -277,3 +277,19 @@ def test_roundtrip_flax_struct_and_nnx_state(tmp_path):
         got, _ = ck.restore(jax.eval_shape(lambda: state))
     assert isinstance(got, TrainState) and isinstance(got.params, nnx.State)
     _assert_same(got, _host(state))
+
+
+def test_a_failed_write_is_one_line_os_error(tmp_path):
+    # The checkpoint folder replaced by a file: orbax's writer fails and the
+    # trainer sees one line naming the folder. Written synchronously: a failed
+    # async write goes through the same wrapper (at the next save or wait), but
+    # orbax's signalling threads then hold the process for 300 s at exit.
+    folder = tmp_path / "ck"
+    ck = Checkpointer(folder, save_every=1, async_save=False)
+    folder.rmdir()
+    folder.write_text("not a folder")
+    with pytest.raises(OSError, match=r"^checkpoint write under .*ck failed: ") as err:
+        ck.save(1, {"w": jnp.ones((3,))}, {})
+        ck.wait()
+    assert "\n" not in str(err.value)
+    ck.close()  # the failure was reported once; closing releases the threads

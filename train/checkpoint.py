@@ -156,11 +156,21 @@ class Checkpointer:
             meta = json.loads(json.dumps(meta, allow_nan=False))
         except (TypeError, ValueError) as err:
             raise ValueError(f"meta for step {step} is not JSON: {_one_line(err)}") from None
-        return bool(self._manager.save(
-            step, force=True,  # the save_every policy is ours, see above
+        # An earlier async write that failed is re-raised by orbax here.
+        return bool(self._written(
+            self._manager.save, step, force=True,  # the save_every policy is ours, see above
             args=ocp.args.Composite(**{
                 _STATE: ocp.args.StandardSave(_keys_to_data(state)),
                 _META: ocp.args.JsonSave(meta)})))
+
+    def _written(self, fn, *args, **kwargs):
+        """fn(...) of the manager; a failed write (here or in the async thread)
+        becomes a one-line OSError naming the directory."""
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:  # orbax/tensorstore raise many types
+            raise OSError(f"checkpoint write under {self.directory} failed: "
+                          f"{_one_line(err)}") from None
 
     def latest_step(self) -> int | None:
         """The largest step on disk (finished saves only), or None."""
@@ -228,13 +238,16 @@ class Checkpointer:
         return state, meta
 
     def wait(self) -> None:
-        """Blocks until pending async saves are on disk (re-raises their errors)."""
-        self._manager.wait_until_finished()
+        """Blocks until pending async saves are on disk; a failed one raises a
+        one-line OSError naming the directory."""
+        self._written(self._manager.wait_until_finished)
 
     def close(self) -> None:
-        """Waits for pending saves and releases the manager's threads."""
-        self._manager.wait_until_finished()
-        self._manager.close()
+        """Waits for pending saves (OSError as `wait`) and releases the manager's threads."""
+        try:
+            self.wait()
+        finally:
+            self._manager.close()
 
     def __enter__(self) -> "Checkpointer":
         return self
