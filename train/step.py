@@ -221,7 +221,8 @@ def _gan_phase(setup: Setup, state: TrainState, batch, frozen, key, phase: str):
                             render_fn=None, identity_fn=functools.partial(
                                 identity_embedding_and_features, nets.identity,
                                 chip_size=int(setup.config.model.identity.chip_size)),
-                            perceptual_fn=nets.perceptual, disc_fn=lambda a: nets.discriminator(a * 2.0 - 1.0),
+                            perceptual_fn=nets.perceptual,
+                            disc_fn=lambda a: nets.discriminator(a * 2.0 - 1.0),
                             uv_mask=jnp.asarray(setup.uv_mask), groups=setup.groups)
         else:
             shape = jax.lax.stop_gradient(state.shape.params)

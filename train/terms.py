@@ -92,8 +92,9 @@ class Context:
       albedo (B, Ta, Ta, 3) A_AbGAN; render_fn: albedo -> RenderOutput of the
       detailed mesh under the predicted camera and light, over the crop;
       identity_fn: images -> (embedding, maps); perceptual_fn: images -> VGG16
-      relu3_3 (B, H/4, W/4, 256), or None (the perceptual term uses F's maps); disc_fn: albedo in [0, 1] ->
-      logits (B, 1); uv_mask: (Ta, Ta) float32; groups: (G, K) of the batch.
+      relu3_3 (B, H/4, W/4, 256), or None (the perceptual term uses F's maps);
+      disc_fn: albedo in [0, 1] -> logits (B, 1); uv_mask: (Ta, Ta) float32;
+      groups: (G, K) of the batch.
     """
 
     def __init__(self, *, batch, codes, displacement, albedo, render_fn, identity_fn,
