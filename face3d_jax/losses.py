@@ -151,8 +151,17 @@ def perceptual_loss(rendered: jax.Array, target: jax.Array, *,
     Returns a float32 scalar.
     """
     rendered = composite_over(rendered, target, mask)
-    fr, ft = feature_fn(rendered), feature_fn(target)
-    leaves_r, leaves_t = jax.tree.leaves(fr), jax.tree.leaves(ft)
+    return feature_distance(feature_fn(rendered), feature_fn(target))
+
+
+def feature_distance(features: Any, features_target: Any) -> jax.Array:
+    """The perceptual loss's distance (Sec. 4.1) on features already computed:
+    the mean over maps of each map's mean squared difference.
+
+    features, features_target: a feature map (B, h, w, c) or a pytree of them,
+      the same structure for both. Returns a float32 scalar.
+    """
+    leaves_r, leaves_t = jax.tree.leaves(features), jax.tree.leaves(features_target)
     if not leaves_r or len(leaves_r) != len(leaves_t):
         raise ValueError("feature_fn must return one or more feature maps, the same "
                          "structure for both images")

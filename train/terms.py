@@ -142,16 +142,12 @@ def _identity(ctx: Context) -> jax.Array:
 
 @register_term("perceptual")
 def _perceptual(ctx: Context) -> jax.Array:
-    # losses.perceptual_loss's formula; the render is already over the target
-    # (its background is the crop). Without VGG16 the maps are those F already
-    # computed for the identity term, as `nets.perceptual` falls back to.
+    # The render is already over the target (its background is the crop), so
+    # no mask. Without VGG16 the maps are those F already computed for the
+    # identity term (one pass of F per image), as `nets.perceptual` falls back to.
     if ctx.perceptual_fn is None:
-        fr, ft = ctx.identity_render[1], ctx.identity_target[1]
-    else:
-        fr = {"relu3_3": ctx.perceptual_fn(ctx.render.image)}
-        ft = {"relu3_3": jax.lax.stop_gradient(ctx.perceptual_fn(ctx.target))}
-    per_map = [jnp.mean(jnp.square(fr[k] - ft[k])) for k in sorted(fr)]
-    return sum(per_map) / len(per_map)
+        return L.feature_distance(ctx.identity_render[1], ctx.identity_target[1])
+    return L.perceptual_loss(ctx.render.image, ctx.target, feature_fn=ctx.perceptual_fn)
 
 
 @register_term("landmark")
