@@ -10,6 +10,13 @@ Metrics (written to metrics.jsonl and TensorBoard under eval/):
   albedo_psnr     PSNR (dB) of G_Ab's EMA albedo against the teacher's albedo
                   over the face region of the UV layout
   landmark_px     mean 2D landmark distance in crop pixels
+  camera_scale    E_shape's weak-perspective scale over the crop prior's
+                  (`models.crop_camera_prior`), mean: 1 frames the mean face
+                  as the crop frames a face; below 1 the render is drawn
+                  smaller. The image terms (identity, perceptual) can be
+                  lowered by shrinking the face so that more of the crop shows
+                  around it, when the albedo explains the face poorly; a
+                  falling camera_scale with a rising landmark_px is that.
   photometric     MSE of the render against the crop over the render's mask
   identity, perceptual, landmark   the shape phase's rendering terms
   render_loss     their sum weighted as the shape phase weighs them
@@ -83,6 +90,7 @@ class HeldOutEval:
             "shape_error_metric_mm": jnp.mean(te.mesh_error_mm(pred, neutral)),
             "albedo_psnr": jnp.mean(te.albedo_psnr(ctx.albedo, albedo_true, face_mask)),
             "landmark_px": jnp.mean(jnp.linalg.norm(r.landmarks2d - batch["landmarks"], axis=-1)),
+            "camera_scale": jnp.mean(ctx.codes["camera"][:, 0]) / self.setup.camera_prior[0],
             "photometric": L.masked_mse(r.image, batch["crop"], r.mask),
             "render_loss": sum(self.render_weights[n] * values[n] for n in _RENDER_TERMS),
         }

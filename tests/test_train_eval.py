@@ -1,0 +1,69 @@
+"""The trainer's held-out evaluation (train/evaluation.py) on the micro config.
+
+At step 0 E_shape's head is zero, so its codes are those of the mean face
+framed by the crop prior: the shape error, the landmark error and the camera
+scale are computed here from FLAME, the held-out truth and DECA's projection
+written out, not through the evaluation's own code path.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from train_fixtures import micro_config, write_dataset
+
+from face3d_jax.flame import flame_forward
+from face3d_train import teacher_eval as te
+from face3d_train.evaluation import HeldOutEval
+from face3d_train.loop import Trainer, load_model, make_mesh
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    config = micro_config(write_dataset(tmp_path_factory.mktemp("train_data")))
+    config.selector = "phase"
+    trainer = Trainer(config, load_model(config), make_mesh(jax.devices()[:1]))
+    return trainer, HeldOutEval(trainer, config), trainer.init_state()
+
+
+def _mean_face(model, count):
+    z = lambda n: jnp.zeros((count, n), jnp.float32)
+    return flame_forward(model, z(1), z(1), z(3), z(3), z(3), z(6))
+
+
+def test_step_zero_scores_the_mean_face(run):
+    trainer, held, state = run
+    got = held.evaluate(state)
+    truth = held.held
+    n, crop = truth.count, truth.crop.shape[1]
+    mean = _mean_face(trainer.model, n)
+
+    want_shape = np.mean(np.asarray(te.mesh_error_mm(mean.vertices, truth.neutral, scale=True)))
+    np.testing.assert_allclose(got["eval/shape_error_mm"], want_shape, rtol=1e-4)
+    want_metric = np.mean(np.asarray(te.mesh_error_mm(mean.vertices, truth.neutral)))
+    np.testing.assert_allclose(got["eval/shape_error_metric_mm"], want_metric, rtol=1e-4)
+
+    # DECA's batch_orth_proj: s * (X + t), y flipped, NDC -> pixels.
+    s, tx, ty = (float(v) for v in trainer.setup.camera_prior)
+    lmk = np.asarray(mean.landmarks, np.float64)
+    ndc = s * (lmk[..., :2] + np.array([tx, ty]))
+    px = np.stack([(ndc[..., 0] + 1) * 0.5 * crop, (1 - ndc[..., 1]) * 0.5 * crop], axis=-1)
+    want_lmk = np.mean(np.linalg.norm(px - truth.landmarks, axis=-1))
+    np.testing.assert_allclose(got["eval/landmark_px"], want_lmk, rtol=1e-4)
+    assert got["eval/camera_scale"] == pytest.approx(1.0, abs=1e-6)
+    assert all(np.isfinite(v) for v in got.values())
+
+
+def test_camera_scale_follows_the_predicted_scale(run):
+    trainer, held, state = run
+    layout = trainer.setup.layout
+    at = layout.num_shape + layout.num_expression + 6  # the camera's s (log offset)
+    params = jax.tree.map(lambda x: x, state.shape.params)  # new Variables, same arrays
+    bias = params["encoder"]["head"]["bias"]
+    bias[...] = bias[...].at[at].set(np.log(0.5))
+    got = held.evaluate(state.replace(shape=state.shape.replace(params=params)))
+    assert got["eval/camera_scale"] == pytest.approx(0.5, rel=1e-5)
+    # A face drawn at half size lands far from the truth's landmarks.
+    assert got["eval/landmark_px"] > held.evaluate(state)["eval/landmark_px"]
