@@ -14,7 +14,16 @@ training starts from the mean face seen by a camera that frames the crop
                 (pretrained, offline; the default of the small configs);
   "iresnet*"    ArcFace's iresnet (the paper: initialised from MICA's
                 weights, `encoder.weights` = a torch file), on 112^2 input.
-Backbone features are the last stage's map, averaged over space. The
+Backbone features are the last stage's map, averaged over space.
+
+Shape head (`encoder.shape_head`): "linear" (the shape rows of the one
+linear head, DECA's layout) or "mica" (the paper's: Sec. 5.2 initialises
+E_shape from MICA [61], and the authors' code takes the shape from MICA's two
+parts, the iresnet's 512-d embedding, L2-normalised, through MICA's mapping
+MLP, `face3d_jax.nets.mica`; the linear head then gives the other codes).
+With "mica", `encoder.weights` is MICA's mica.tar (backbone and mapping
+both converted); without weights the mapping's output layer starts at zero,
+so the start is the mean face either way. The
 iresnet's BatchNorm statistics stay those of the converted weights
 (`use_running_average=True`): the usual choice when fine-tuning a
 recognition backbone with small per-device batches, and it keeps the step a
@@ -41,6 +50,7 @@ from flax import nnx
 
 from face3d_jax.flame import FlameModel
 from face3d_jax.nets import arcface, dlib_resnet
+from face3d_jax.nets.mica import MicaConfig, MicaMapping, normalize
 from face3d_jax.nets.stylegan2 import Discriminator, Generator, StyleGAN2Config
 from face3d_jax.render.views import default_sh_light
 
@@ -89,17 +99,35 @@ def _template_landmarks(model: FlameModel) -> np.ndarray:
 
 
 class ShapeEncoder(nnx.Module):
-    """E_shape: crops (B, c, c, 3) float32 RGB in [0, 1] -> (B, layout.size) float32."""
+    """E_shape: crops (B, c, c, 3) float32 RGB in [0, 1] -> (B, layout.size) float32
+    (shape first, `CodeLayout`'s order, whichever the shape head)."""
 
     def __init__(self, backbone: str, layout: CodeLayout, *, input_size: int,
-                 widths=(64, 128, 256, 512), weights: str = "", rngs: nnx.Rngs):
-        self.kind, self.input_size = backbone, int(input_size)
+                 widths=(64, 128, 256, 512), weights: str = "", shape_head: str = "linear",
+                 mica_hidden: int = 300, mica_layers: int = 3, rngs: nnx.Rngs):
+        self.kind, self.input_size, self.shape_head = backbone, int(input_size), shape_head
+        if shape_head not in ("linear", "mica"):
+            raise ValueError(f"unknown E_shape shape_head {shape_head!r}: 'linear' or 'mica'")
+        if shape_head == "mica" and (not backbone.startswith("iresnet")
+                                     or self.input_size != arcface.INPUT_SIZE):
+            raise ValueError(f"shape_head 'mica' reads ArcFace's embedding: it needs an iresnet "
+                             f"backbone at input_size {arcface.INPUT_SIZE}, got {backbone!r} at "
+                             f"{input_size}")
+        mica = None
         if backbone == "dlib":
             # The shipped network: real weights whenever the package is installed.
             self.backbone = dlib_resnet.load_dlib_resnet()
             width = dlib_resnet.STAGES[-1][0]
         elif backbone.startswith("iresnet"):
-            if weights:
+            if weights and shape_head == "mica":
+                from face3d_jax.convert.mica import convert_mica
+
+                self.backbone, mica = convert_mica(weights)
+                if mica.config.out_dim != layout.num_shape:
+                    raise ValueError(f"{weights}: MICA's mapping predicts "
+                                     f"{mica.config.out_dim} shape coefficients, "
+                                     f"model.num_shape is {layout.num_shape}")
+            elif weights:
                 from face3d_jax.convert.arcface import convert_arcface
 
                 self.backbone = convert_arcface(weights)
@@ -107,9 +135,16 @@ class ShapeEncoder(nnx.Module):
                 self.backbone = arcface.IResNet(
                     arcface.iresnet_config(backbone, widths=tuple(widths)), rngs=rngs)
             width = self.backbone.config.widths[-1]
+            if shape_head == "mica" and mica is None:
+                mica = MicaMapping(MicaConfig(
+                    z_dim=self.backbone.config.num_features, hidden_dim=int(mica_hidden),
+                    out_dim=layout.num_shape, layers=int(mica_layers)), rngs=rngs)
         else:
             raise ValueError(f"unknown E_shape backbone {backbone!r}: 'dlib' or 'iresnet18'..'200'")
-        self.head = nnx.Linear(width, layout.size, kernel_init=nnx.initializers.zeros,
+        self.mica = mica
+        # With the MICA head the linear head leaves out the shape rows.
+        outputs = layout.size - (layout.num_shape if mica is not None else 0)
+        self.head = nnx.Linear(width, outputs, kernel_init=nnx.initializers.zeros,
                                bias_init=nnx.initializers.zeros, rngs=rngs)
 
     def __call__(self, crops: jax.Array) -> jax.Array:
@@ -121,7 +156,11 @@ class ShapeEncoder(nnx.Module):
             feat = self.backbone.features(x * 255.0)[-1]
         else:
             feat = self.backbone.stem_and_stages(x * 2.0 - 1.0, use_running_average=True)
-        return self.head(jnp.mean(feat.astype(jnp.float32), axis=(1, 2)))
+        out = self.head(jnp.mean(feat.astype(jnp.float32), axis=(1, 2)))
+        if self.mica is None:
+            return out
+        shape = self.mica(normalize(self.backbone.embed_map(feat, use_running_average=True)))
+        return jnp.concatenate([shape, out], axis=-1)
 
 
 def decode_codes(out: jax.Array, layout: CodeLayout, camera_prior: jax.Array) -> dict:
@@ -188,7 +227,9 @@ def build_networks(cfg, model: FlameModel, key: jax.Array, style_dim: int = 512)
     layout = CodeLayout(int(cfg.num_shape), int(cfg.num_expression))
     enc = cfg.encoder
     encoder = ShapeEncoder(enc.backbone, layout, input_size=enc.input_size, widths=enc.widths,
-                           weights=enc.weights, rngs=rngs)
+                           weights=enc.weights, shape_head=enc.get("shape_head", "linear"),
+                           mica_hidden=enc.get("mica_hidden", 300),
+                           mica_layers=enc.get("mica_layers", 3), rngs=rngs)
     disp = Generator(_stylegan2(cfg.displacement, 1, style_dim), rngs=rngs)
     if cfg.albedo.weights:
         from face3d_jax.convert.stylegan2 import load_discriminator, load_generator

@@ -42,8 +42,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.flame = ""  # empty: the built-in procedural default; else FLAME's generic_model.pkl
     c.model.num_shape = 300
     c.model.num_expression = 50
+    # E_shape: MICA's iresnet100 and shape MLP (hidden 300, 3 layers), `weights` =
+    # MICA's mica.tar; the other codes from a linear head on the backbone.
     c.model.encoder = ml_collections.ConfigDict(dict(
-        backbone="iresnet100", widths=(64, 128, 256, 512), input_size=112, weights=""))
+        backbone="iresnet100", widths=(64, 128, 256, 512), input_size=112, weights="",
+        shape_head="mica", mica_hidden=300, mica_layers=3))
     c.model.albedo = ml_collections.ConfigDict(dict(
         resolution=1024, channel_multiplier=2, channel_max=0, n_mlp=8, weights=""))
     c.model.displacement = ml_collections.ConfigDict(dict(

@@ -20,7 +20,8 @@ def get_config():
     c.data.generate.update(dict(
         identities=32, edits=6, resolution=128, teacher_albedo_size=64, albedo_size=64,
         crop_size=64, fit_size=128, fit_steps=150, rigid_steps=50, batch=16))
-    c.model.encoder.update(dict(backbone="dlib", input_size=96))
+    # dlib has no ArcFace embedding for MICA's mapping: the linear head gives the shape.
+    c.model.encoder.update(dict(backbone="dlib", input_size=96, shape_head="linear"))
     c.model.albedo.update(dict(resolution=64, channel_max=32, n_mlp=2))
     c.model.displacement.update(dict(resolution=32, channel_max=32, n_mlp=2))
     c.model.identity.update(dict(chip_size=96))
