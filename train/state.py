@@ -121,22 +121,39 @@ def _path_names(path) -> list[str]:
 
 
 def shape_optimizer(cfg) -> optax.GradientTransformation:
-    """Adam of the shape side (Sec. 5.2: lr 1e-4); the pretrained backbone of
-    E_shape at lr * backbone_lr_scale (1 in the paper config), so a config that
-    speeds up the freshly initialised heads and G_Disp does not also shake the
-    converted face network."""
+    """Adam of the shape side (Sec. 5.2: lr 1e-4).
+
+    The pretrained backbone of E_shape runs at lr * `backbone_lr_scale` (1 in the
+    paper config), so a config that speeds up the freshly initialised heads and
+    G_Disp does not also shake the converted face network. With
+    `frozen_backbone_stages` = n > 0 an iresnet's stem and first n stages are
+    not updated at all: MICA's ArcFace freezes the stem and stages 1-3 and
+    trains stage 4, fc and the embedding's BatchNorm (MICA's models/arcface.py,
+    which the authors' code uses for E_shape), so the paper config uses 3.
+    """
     scale = float(cfg.get("backbone_lr_scale", 1.0))
+    frozen = int(cfg.get("frozen_backbone_stages", 0))
+    if not 0 <= frozen <= 4:
+        raise ValueError(f"optim.shape.frozen_backbone_stages must be 0..4, got {frozen}")
     base = _adam(cfg.lr, cfg.b1, cfg.b2)
-    if scale == 1.0:
+    if scale == 1.0 and frozen == 0:
         return base
+    frozen_names = ({"conv1", "bn1", "prelu"} | {f"layer{i}" for i in range(1, frozen + 1)}
+                    if frozen else set())
+
+    def label(path, _):
+        names = _path_names(path)
+        if names[:2] != ["encoder", "backbone"]:
+            return "rest"
+        return "frozen" if names[2:3] and names[2] in frozen_names else "backbone"
 
     def labels(params):
-        return jax.tree_util.tree_map_with_path(
-            lambda path, _: "backbone" if _path_names(path)[:2] == ["encoder", "backbone"]
-            else "rest", params)
+        return jax.tree_util.tree_map_with_path(label, params)
 
-    return optax.multi_transform(
-        {"backbone": _adam(float(cfg.lr) * scale, cfg.b1, cfg.b2), "rest": base}, labels)
+    transforms = {"backbone": _adam(float(cfg.lr) * scale, cfg.b1, cfg.b2), "rest": base}
+    if frozen:  # only then: a run without it keeps the optimizer state it always had
+        transforms["frozen"] = optax.set_to_zero()
+    return optax.multi_transform(transforms, labels)
 
 
 def make_setup(config, model: FlameModel, key: jax.Array,
@@ -150,6 +167,10 @@ def make_setup(config, model: FlameModel, key: jax.Array,
         raise ValueError(f"model.render_size = {config.model.render_size} must equal "
                          f"data.generate.crop_size = {config.data.generate.crop_size}: the "
                          "render is compared with the crop pixel for pixel")
+    if int(config.optim.shape.get("frozen_backbone_stages", 0)) and \
+            not str(config.model.encoder.backbone).startswith("iresnet"):
+        raise ValueError("optim.shape.frozen_backbone_stages freezes an iresnet's stages (MICA's "
+                         f"ArcFace); model.encoder.backbone is {config.model.encoder.backbone!r}")
     nets = networks or build_networks(config.model, model, key)
     weights = {p: T.check_weights(config.losses.get(p, {}), p) for p in PHASES}
     groups = (int(config.data.identities_per_batch), int(config.data.images_per_identity))

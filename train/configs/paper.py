@@ -61,8 +61,10 @@ def get_config() -> ml_collections.ConfigDict:
         total_steps=400_000, albedo_pretrain_steps=100_000, shape_steps=1000, albedo_steps=1000))
 
     c.optim = ml_collections.ConfigDict()
+    # frozen_backbone_stages 3: MICA's ArcFace trains only its stage 4 and embedding.
     c.optim.shape = ml_collections.ConfigDict(dict(lr=1e-4, b1=0.9, b2=0.999,
-                                                   backbone_lr_scale=1.0))
+                                                   backbone_lr_scale=1.0,
+                                                   frozen_backbone_stages=3))
     c.optim.gan = ml_collections.ConfigDict(dict(
         g_lr=2e-3, d_lr=2e-3, b1=0.0, b2=0.99, r1_gamma=10.0, g_reg_every=4, d_reg_every=16,
         pl_weight=2.0, pl_decay=0.01, pl_batch_shrink=2, ema_kimg=10.0, ema_rampup=0.0))

@@ -34,6 +34,7 @@ def get_config():
     # first Adam steps wrecked its features and the landmarks diverged).
     c.optim.shape.lr = 1e-3
     c.optim.shape.backbone_lr_scale = 0.1
+    c.optim.shape.frozen_backbone_stages = 0  # dlib's network: no iresnet stages
     c.optim.gan.update(dict(ema_kimg=0.5, ema_rampup=0.05))
     c.checkpoint.update(dict(every=100, keep=2))
     c.log.update(dict(every=10, images_every=200))
