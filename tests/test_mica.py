@@ -77,6 +77,10 @@ def test_encoder_mica_head_gives_micas_shape(arcface, images, tmp_path):
     assert out.shape == (3, layout.size)
     np.testing.assert_allclose(out[:, :SHAPE], ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
     assert np.all(out[:, SHAPE:] == 0.0)
+    with torch.no_grad():
+        emb = torch.nn.functional.normalize(arcface(_nchw01(images))).numpy()
+    feats = np.asarray(nnx.jit(lambda e, x: e.shape_features(x))(enc, jnp.asarray(images)))
+    np.testing.assert_allclose(feats, emb, atol=1e-4)  # what MICA's mapping reads
 
     backbone, mapping = convert_mica(tmp_path / "mica.tar")
     assert backbone.config.widths == WIDTHS and mapping.config.out_dim == SHAPE

@@ -147,15 +147,27 @@ class ShapeEncoder(nnx.Module):
         self.head = nnx.Linear(width, outputs, kernel_init=nnx.initializers.zeros,
                                bias_init=nnx.initializers.zeros, rngs=rngs)
 
-    def __call__(self, crops: jax.Array) -> jax.Array:
+    def feature_map(self, crops: jax.Array) -> jax.Array:
+        """The backbone's last-stage map of crops (B, c, c, 3) in [0, 1], resized
+        to input_size: (B, h, w, C), the computation dtype."""
         b = crops.shape[0]
         x = jnp.asarray(crops, jnp.float32)
         if x.shape[1:3] != (self.input_size, self.input_size):
             x = jax.image.resize(x, (b, self.input_size, self.input_size, 3), "bilinear")
         if self.kind == "dlib":
-            feat = self.backbone.features(x * 255.0)[-1]
-        else:
-            feat = self.backbone.stem_and_stages(x * 2.0 - 1.0, use_running_average=True)
+            return self.backbone.features(x * 255.0)[-1]
+        return self.backbone.stem_and_stages(x * 2.0 - 1.0, use_running_average=True)
+
+    def shape_features(self, crops: jax.Array) -> jax.Array:
+        """What the shape head reads, (B, D) float32: the map averaged over space
+        (linear head) or ArcFace's embedding, L2-normalised (MICA's head)."""
+        feat = self.feature_map(crops)
+        if self.mica is None:
+            return jnp.mean(feat.astype(jnp.float32), axis=(1, 2))
+        return normalize(self.backbone.embed_map(feat, use_running_average=True))
+
+    def __call__(self, crops: jax.Array) -> jax.Array:
+        feat = self.feature_map(crops)
         out = self.head(jnp.mean(feat.astype(jnp.float32), axis=(1, 2)))
         if self.mica is None:
             return out
