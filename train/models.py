@@ -112,7 +112,7 @@ class ShapeEncoder(nnx.Module):
                                      or self.input_size != arcface.INPUT_SIZE):
             raise ValueError(f"shape_head 'mica' reads ArcFace's embedding: it needs an iresnet "
                              f"backbone at input_size {arcface.INPUT_SIZE}, got {backbone!r} at "
-                             f"{input_size}")
+                             f"{input_size} (set model.encoder.shape_head=linear)")
         mica = None
         if backbone == "dlib":
             # The shipped network: real weights whenever the package is installed.
