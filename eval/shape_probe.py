@@ -39,7 +39,7 @@ from face3d_train import teacher_eval as te  # noqa: E402
 from face3d_train.configs import apply_overrides, load  # noqa: E402
 from face3d_train.data import generate_config  # noqa: E402
 from face3d_train.loop import load_model  # noqa: E402
-from face3d_train.models import build_networks  # noqa: E402
+from face3d_train.models import build_encoder  # noqa: E402
 
 
 def ridge_fit(x, y, penalty: float):
@@ -73,7 +73,7 @@ def main(argv=None) -> None:
     crop = int(config.data.generate.crop_size)
     scans = te.make_held_out(teacher, jax.random.key(args.seed), args.scans, crop)
     held = te.make_held_out(teacher, jax.random.key(int(config.eval.seed)), args.held, crop)
-    encoder = build_networks(config.model, model, jax.random.key(int(config.seed))).encoder
+    encoder = build_encoder(config.model, nnx.Rngs(int(config.seed)))
 
     @nnx.jit
     def features(enc, crops):

@@ -105,7 +105,7 @@ class ShapeEncoder(nnx.Module):
     def __init__(self, backbone: str, layout: CodeLayout, *, input_size: int,
                  widths=(64, 128, 256, 512), weights: str = "", shape_head: str = "linear",
                  mica_hidden: int = 300, mica_layers: int = 3, rngs: nnx.Rngs):
-        self.kind, self.input_size, self.shape_head = backbone, int(input_size), shape_head
+        self.kind, self.input_size = backbone, int(input_size)
         if shape_head not in ("linear", "mica"):
             raise ValueError(f"unknown E_shape shape_head {shape_head!r}: 'linear' or 'mica'")
         if shape_head == "mica" and (not backbone.startswith("iresnet")
@@ -158,21 +158,24 @@ class ShapeEncoder(nnx.Module):
             return self.backbone.features(x * 255.0)[-1]
         return self.backbone.stem_and_stages(x * 2.0 - 1.0, use_running_average=True)
 
+    def _mica_input(self, feat: jax.Array) -> jax.Array:
+        """MICA's z = normalize(ArcFace embedding), (B, num_features) float32."""
+        return normalize(self.backbone.embed_map(feat, use_running_average=True))
+
     def shape_features(self, crops: jax.Array) -> jax.Array:
         """What the shape head reads, (B, D) float32: the map averaged over space
         (linear head) or ArcFace's embedding, L2-normalised (MICA's head)."""
         feat = self.feature_map(crops)
         if self.mica is None:
             return jnp.mean(feat.astype(jnp.float32), axis=(1, 2))
-        return normalize(self.backbone.embed_map(feat, use_running_average=True))
+        return self._mica_input(feat)
 
     def __call__(self, crops: jax.Array) -> jax.Array:
         feat = self.feature_map(crops)
         out = self.head(jnp.mean(feat.astype(jnp.float32), axis=(1, 2)))
         if self.mica is None:
             return out
-        shape = self.mica(normalize(self.backbone.embed_map(feat, use_running_average=True)))
-        return jnp.concatenate([shape, out], axis=-1)
+        return jnp.concatenate([self.mica(self._mica_input(feat)), out], axis=-1)
 
 
 def decode_codes(out: jax.Array, layout: CodeLayout, camera_prior: jax.Array) -> dict:
@@ -222,6 +225,16 @@ class Networks:
     max_displacement: float
 
 
+def build_encoder(cfg, rngs: nnx.Rngs) -> ShapeEncoder:
+    """E_shape of a config's `model` section (its `encoder`, num_shape, num_expression)."""
+    enc = cfg.encoder
+    layout = CodeLayout(int(cfg.num_shape), int(cfg.num_expression))
+    return ShapeEncoder(enc.backbone, layout, input_size=enc.input_size, widths=enc.widths,
+                        weights=enc.weights, shape_head=enc.get("shape_head", "linear"),
+                        mica_hidden=enc.get("mica_hidden", 300),
+                        mica_layers=enc.get("mica_layers", 3), rngs=rngs)
+
+
 def build_networks(cfg, model: FlameModel, key: jax.Array, style_dim: int = 512) -> Networks:
     """The networks of a config's `model` section, initialised from `key`.
 
@@ -237,11 +250,7 @@ def build_networks(cfg, model: FlameModel, key: jax.Array, style_dim: int = 512)
     perceptual = perceptual_network(cfg)  # first: a bad weights path fails before any build
     rngs = nnx.Rngs(key)
     layout = CodeLayout(int(cfg.num_shape), int(cfg.num_expression))
-    enc = cfg.encoder
-    encoder = ShapeEncoder(enc.backbone, layout, input_size=enc.input_size, widths=enc.widths,
-                           weights=enc.weights, shape_head=enc.get("shape_head", "linear"),
-                           mica_hidden=enc.get("mica_hidden", 300),
-                           mica_layers=enc.get("mica_layers", 3), rngs=rngs)
+    encoder = build_encoder(cfg, rngs)
     disp = Generator(_stylegan2(cfg.displacement, 1, style_dim), rngs=rngs)
     if cfg.albedo.weights:
         from face3d_jax.convert.stylegan2 import load_discriminator, load_generator

@@ -45,13 +45,8 @@ def _checkpoint(source, reader: str) -> tuple[Mapping[str, Any], str]:
     return obj, origin
 
 
-def mica_mapping_state(source: str | os.PathLike | Mapping[str, Any], reader: str = "auto"
-                       ) -> dict[str, np.ndarray]:
-    """The mapping network's state dict {"network.0.weight": array, ...}, the
-    `regressor.` prefix removed (MICA's FLAME buffers are dropped)."""
-    obj, origin = _checkpoint(source, reader)
-    flame_model = obj["flameModel"]
-    state = to_numpy_dict({k[len(_PREFIX):]: v for k, v in flame_model.items()
+def _mapping_state(obj: Mapping[str, Any], origin: str) -> dict[str, np.ndarray]:
+    state = to_numpy_dict({k[len(_PREFIX):]: v for k, v in obj["flameModel"].items()
                            if str(k).startswith(_PREFIX)}, origin)
     if not state:
         raise ValueError(f"{_WHAT}: {origin}: 'flameModel' has no '{_PREFIX}*' keys (MICA "
@@ -59,11 +54,19 @@ def mica_mapping_state(source: str | os.PathLike | Mapping[str, Any], reader: st
     return state
 
 
+def mica_mapping_state(source: str | os.PathLike | Mapping[str, Any], reader: str = "auto"
+                       ) -> dict[str, np.ndarray]:
+    """The mapping network's state dict {"network.0.weight": array, ...}, the
+    `regressor.` prefix removed (MICA's FLAME buffers are dropped)."""
+    return _mapping_state(*_checkpoint(source, reader))
+
+
 def infer_mica_config(state: Mapping[str, np.ndarray], origin: str = "state dict") -> MicaConfig:
     """Sizes and depth of a mapping state dict (`mica_mapping_state`)."""
     idx = sorted({int(m.group(1)) for k in state if (m := re.match(r"network\.(\d+)\.weight$", k))})
-    if not idx or idx != list(range(len(idx))) or "output.weight" not in state:
-        raise ValueError(f"{_WHAT}: {origin}: expected regressor.network.0..N and "
+    if not idx or idx != list(range(len(idx))) or "output.weight" not in state \
+            or state["network.0.weight"].ndim != 2 or state["output.weight"].ndim != 2:
+        raise ValueError(f"{_WHAT}: {origin}: expected 2-D regressor.network.0..N and "
                          f"regressor.output weights, found {sorted(state)[:6]}")
     hidden, z_dim = (int(n) for n in state["network.0.weight"].shape)
     return MicaConfig(z_dim=z_dim, hidden_dim=hidden, out_dim=int(state["output.weight"].shape[0]),
@@ -80,6 +83,13 @@ def _to_ours(path: tuple, value: np.ndarray) -> np.ndarray:
     return value.T if str(path[-1]) == "kernel" and value.ndim == 2 else value
 
 
+def _mapping(obj: Mapping[str, Any], origin: str) -> MicaMapping:
+    state = _mapping_state(obj, origin)
+    config = infer_mica_config(state, origin)
+    abstract = nnx.eval_shape(lambda: MicaMapping(config, rngs=nnx.Rngs(0)))
+    return fill_module(abstract, _torch_key, _to_ours, state, f"{_WHAT}: {origin}")
+
+
 def convert_mica_mapping(source: str | os.PathLike | Mapping[str, Any], *,
                          reader: str = "auto") -> MicaMapping:
     """The MicaMapping holding a mica.tar's regressor (sizes read from it).
@@ -87,11 +97,7 @@ def convert_mica_mapping(source: str | os.PathLike | Mapping[str, Any], *,
     source: a torch file or the loaded checkpoint mapping. A missing or
     misshaped key raises ValueError naming it.
     """
-    origin = str(source) if isinstance(source, (str, os.PathLike)) else "state dict"
-    state = mica_mapping_state(source, reader)
-    config = infer_mica_config(state, origin)
-    abstract = nnx.eval_shape(lambda: MicaMapping(config, rngs=nnx.Rngs(0)))
-    return fill_module(abstract, _torch_key, _to_ours, state, f"{_WHAT}: {origin}")
+    return _mapping(*_checkpoint(source, reader))
 
 
 def convert_mica(source: str | os.PathLike | Mapping[str, Any], *, reader: str = "auto"
@@ -99,8 +105,7 @@ def convert_mica(source: str | os.PathLike | Mapping[str, Any], *, reader: str =
     """MICA's ArcFace backbone (inference mode) and mapping network, from one read."""
     obj, origin = _checkpoint(source, reader)
     try:
-        backbone = convert_arcface(obj, reader=reader)
-        mapping = convert_mica_mapping(obj, reader=reader)
-    except ValueError as exc:
-        raise ValueError(str(exc).replace("state dict", origin, 1)) from None
-    return backbone, mapping
+        backbone = convert_arcface(obj["arcface"])
+    except ValueError as exc:  # convert_arcface names a loaded mapping "state dict"
+        raise ValueError(f"{origin}: {exc}") from None
+    return backbone, _mapping(obj, origin)
