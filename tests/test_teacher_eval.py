@@ -118,6 +118,68 @@ def test_mesh_error_rejects_mismatched_meshes():
         te.mesh_error_mm(np.zeros((2, 10, 3)), np.zeros((2, 11, 3)))
 
 
+def _neutral_meshes(default_flame, batch, seed):
+    """(batch, V, 3) float32 neutral FLAME meshes of random shapes."""
+    shape = np.random.default_rng(seed).standard_normal((batch, 20)).astype(np.float32)
+    return np.asarray(te.neutral_vertices(default_flame, shape))
+
+
+def test_now_face_mask_is_nows_sphere(default_flame):
+    verts = _neutral_meshes(default_flame, 2, 11)
+    got = np.asarray(te.now_face_mask(default_flame, verts))
+    # NoW's compute_mask on its 7 points, placed here by hand from the
+    # static embedding (row i holds iBUG landmark 17 + i).
+    tri = np.asarray(default_flame.faces)[np.asarray(default_flame.static_lmk_faces_idx)]
+    bary = np.asarray(default_flame.static_lmk_bary_coords, np.float64)
+    for b in range(2):
+        pts = {}
+        for ibug in (36, 39, 42, 45, 33):
+            row = ibug - 17
+            pts[ibug] = sum(bary[row, k] * verts[b, tri[row, k]].astype(np.float64)
+                            for k in range(3))
+        bridge = (pts[39] + pts[42]) / 2
+        centre = pts[33] + 0.3 * (bridge - pts[33])
+        radius = 1.4 * (np.linalg.norm(pts[36] - pts[45]) + np.linalg.norm(bridge - pts[33])) / 2
+        dist = np.linalg.norm(verts[b].astype(np.float64) - centre, axis=1)
+        sure = np.abs(dist - radius) > 1e-6  # float32 ties at the sphere's surface
+        np.testing.assert_array_equal(got[b][sure], (dist <= radius)[sure])
+        # The face, not the head: the nose tip (iBUG 30) is in, the back of
+        # the head (the vertex furthest behind it) is out, and it keeps a
+        # sizeable part of the mesh, but well under half.
+        nose = verts[b, tri[30 - 17, 0]]
+        assert got[b][np.argmin(np.linalg.norm(verts[b] - nose, axis=1))]
+        assert not got[b][np.argmin(verts[b, :, 2])]
+        assert 0.1 < got[b].mean() < 0.5
+    with pytest.raises(ValueError, match="now_face_mask"):
+        te.now_face_mask(default_flame, verts[:, :10])
+
+
+def test_masked_mesh_error_aligns_and_scores_the_masked_vertices(default_flame):
+    truth = _neutral_meshes(default_flame, 2, 12).astype(np.float64)
+    mask = np.asarray(te.now_face_mask(default_flame, truth))
+    rot = Rotation.from_rotvec([[0.2, 0.1, -0.3], [-0.4, 0.2, 0.1]])
+    noise = 0.003 * np.random.default_rng(13).standard_normal(truth.shape)
+    pred = np.stack([1.1 * rot[i].apply(truth[i] + noise[i]) for i in range(2)]) + 0.02
+    got = np.asarray(te.mesh_error_mm(pred, truth, scale=True, mask=mask))
+    for i in range(2):
+        # Umeyama on the masked vertices alone (scipy's rotation), scored there.
+        ps, pt = pred[i][mask[i]], truth[i][mask[i]]
+        xs, xt = ps - ps.mean(0), pt - pt.mean(0)
+        r, _ = Rotation.align_vectors(xt, xs)
+        c = np.sum(r.apply(xs) * xt) / np.sum(xs * xs)
+        ref = 1000.0 * np.linalg.norm(c * r.apply(xs) + pt.mean(0) - pt, axis=1).mean()
+        assert got[i] == pytest.approx(ref, rel=1e-4)
+    # Vertices outside the mask change neither the alignment nor the score.
+    moved = pred.copy()
+    moved[~mask] += 0.05
+    np.testing.assert_allclose(np.asarray(te.mesh_error_mm(moved, truth, scale=True, mask=mask)),
+                               got, rtol=1e-5)
+    assert np.all(np.asarray(te.mesh_error_mm(moved, truth, scale=True))
+                  > np.asarray(te.mesh_error_mm(pred, truth, scale=True)))
+    with pytest.raises(ValueError, match="mask has shape"):
+        te.mesh_error_mm(pred, truth, mask=mask[:, :10])
+
+
 def test_neutral_vertices_is_flame_with_zeros(default_flame):
     shape = np.random.default_rng(7).standard_normal((2, 30)).astype(np.float32)
     got = np.asarray(jax.jit(te.neutral_vertices)(default_flame, shape))

@@ -44,6 +44,11 @@ def test_step_zero_scores_the_mean_face(run):
     np.testing.assert_allclose(got["eval/shape_error_mm"], want_shape, rtol=1e-4)
     want_metric = np.mean(np.asarray(te.mesh_error_mm(mean.vertices, truth.neutral)))
     np.testing.assert_allclose(got["eval/shape_error_metric_mm"], want_metric, rtol=1e-4)
+    face = te.now_face_mask(trainer.model, truth.neutral)
+    want_now = np.mean(np.asarray(te.mesh_error_mm(mean.vertices, truth.neutral, scale=True,
+                                                   mask=face)))
+    np.testing.assert_allclose(got["eval/shape_error_now_mm"], want_now, rtol=1e-4)
+    assert want_now != pytest.approx(want_shape, rel=1e-2)  # the region is not the head
 
     # DECA's batch_orth_proj: s * (X + t), y flipped, NDC -> pixels.
     s, tx, ty = (float(v) for v in trainer.setup.camera_prior)

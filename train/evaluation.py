@@ -7,6 +7,9 @@ Metrics (written to metrics.jsonl and TensorBoard under eval/):
                   alignment by rotation, translation and scale (NoW's protocol:
                   the crop hides head size; teacher_eval's docstring)
   shape_error_metric_mm   the same without the scale (a wrong head size counts)
+  shape_error_now_mm      shape_error_mm over NoW's face region only
+                  (`teacher_eval.now_face_mask` of the true mesh), aligned
+                  on it: what the NoW benchmark (the paper's Table 1) scores
   albedo_psnr     PSNR (dB) of G_Ab's EMA albedo against the teacher's albedo
                   over the face region of the UV layout
   landmark_px     mean 2D landmark distance in crop pixels
@@ -89,6 +92,8 @@ class HeldOutEval:
         out = {
             "shape_error_mm": jnp.mean(te.mesh_error_mm(pred, neutral, scale=True)),
             "shape_error_metric_mm": jnp.mean(te.mesh_error_mm(pred, neutral)),
+            "shape_error_now_mm": jnp.mean(te.mesh_error_mm(
+                pred, neutral, scale=True, mask=te.now_face_mask(self.setup.model, neutral))),
             "albedo_psnr": jnp.mean(te.albedo_psnr(ctx.albedo, albedo_true, face_mask)),
             "landmark_px": jnp.mean(jnp.linalg.norm(r.landmarks2d - batch["landmarks"], axis=-1)),
             "camera_scale": jnp.mean(ctx.codes["camera"][:, 0]) / self.setup.camera_prior[0],

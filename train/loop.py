@@ -17,7 +17,8 @@ What a run does:
      progress bar with images/s and ETA, periodic asynchronous orbax
      checkpoints (the last `checkpoint.keep`), and evaluation every
      `eval.every` steps (and at step 0) on held-out teacher identities:
-     eval/shape_error_mm, eval/albedo_psnr and the rendering losses;
+     eval/shape_error_mm (and over NoW's face region, eval/shape_error_now_mm),
+     eval/albedo_psnr and the rendering losses;
   5. a non-finite step is skipped by the step itself and logged; after
      `max_bad_steps` in a row the run stops with RuntimeError and its last
      good checkpoint intact (a state with a failing streak is never saved).

@@ -15,6 +15,11 @@ Metrics (all float32, jit-able):
     absolute head size is not in its input (and in the procedural FLAME the
     first shape component is 98% a uniform scale). `shape_error_metric_mm`
     (no scale) counts a wrong head size as error, as metric benchmarks do.
+  - `now_face_mask`: NoW's face crop of a ground-truth mesh; with
+    `mesh_error_mm(..., mask=)` the trainer's `shape_error_now_mm` scores
+    only the face, as NoW does, where the whole-head figures also count the
+    scalp, the back of the head, the ears and the neck, which no image of the
+    face shows.
   - `neutral_vertices`: the FLAME mesh of shape coefficients alone (zero
     expression and pose), what the shape error is measured on, so that
     expression and pose do not leak into it.
@@ -41,6 +46,7 @@ from face3d_jax.data import teacher as tt
 from face3d_jax.data.faces import crop_matrix, transform_points, warp_crop
 from face3d_jax.data.teacher_uv import bake_uv, face_regions
 from face3d_jax.flame import FlameModel, flame_forward, vertex_normals
+from face3d_jax.flame.geometry import barycentric_points
 
 # The face region of `face_uv_mask`, in units of the template's eye-to-mouth
 # distance d and outer-eye-corner half distance (see its docstring).
@@ -50,6 +56,9 @@ _HALF_WIDTH = 1.45            # x the outer eye corners' half distance
 _SUPERELLIPSE_POWER = 2.5     # squarer than an ellipse: keeps jaw and temples
 _MIN_FRONT_COSINE = 0.25      # normals turned more than ~75 degrees from +z are out
 _PSNR_MSE_FLOOR = 1e-12       # a perfect match reads 120 dB, not inf
+# NoW's 7 annotated points in iBUG-68 numbering, NoW's order (`now_face_mask`).
+NOW_LANDMARKS = (36, 39, 42, 45, 33, 48, 54)
+_FIRST_STATIC_LANDMARK = 17   # the static embedding holds iBUG 17..67
 
 
 def _check_meshes(name: str, a, b):
@@ -58,7 +67,7 @@ def _check_meshes(name: str, a, b):
                          "(B, V, 3)")
 
 
-def rigid_align(source, target, scale: bool = False):
+def rigid_align(source, target, scale: bool = False, mask=None):
     """Rotates, translates and optionally scales `source` onto `target`
     (Kabsch; with scale, Umeyama 1991; least squares).
 
@@ -68,17 +77,21 @@ def rigid_align(source, target, scale: bool = False):
       source: (B, V, 3) float32 points, e.g. a predicted mesh (metres).
       target: (B, V, 3) float32 points in correspondence with `source`.
       scale: also fit one uniform scale c > 0 per mesh (else c = 1).
+      mask: optional (B, V) bool: only these points are fitted (e.g.
+        `now_face_mask`); all points are moved.
     Returns:
       (B, V, 3) float32: c R source_i + t minimising
-      sum_i |c R source_i + t - target_i|^2.
+      sum_{i in mask} |c R source_i + t - target_i|^2.
     """
     source = jnp.asarray(source, jnp.float32)
     target = jnp.asarray(target, jnp.float32)
     _check_meshes("rigid_align", source, target)
-    mu_s = jnp.mean(source, axis=1, keepdims=True)
-    mu_t = jnp.mean(target, axis=1, keepdims=True)
+    w = _point_weights("rigid_align", source, mask)
+    count = jnp.sum(w, axis=1, keepdims=True)  # (B, 1, 1)
+    mu_s = jnp.sum(w * source, axis=1, keepdims=True) / count
+    mu_t = jnp.sum(w * target, axis=1, keepdims=True) / count
     xs, xt = source - mu_s, target - mu_t
-    cov = jnp.einsum("bvi,bvj->bij", xs, xt)  # (B, 3, 3)
+    cov = jnp.einsum("bvi,bvj->bij", w * xs, xt)  # (B, 3, 3)
     u, sv, vt = jnp.linalg.svd(cov)
     # Flip the weakest axis where U V^T would be a reflection.
     d = jnp.sign(jnp.linalg.det(jnp.einsum("bij,bjk->bik", u, vt)))
@@ -88,24 +101,80 @@ def rigid_align(source, target, scale: bool = False):
     c = 1.0
     if scale:
         # Umeyama's c = tr(D S) / var(source); a degenerate source keeps c = 1.
-        var = jnp.sum(xs * xs, axis=(1, 2))
+        var = jnp.sum(w * xs * xs, axis=(1, 2))
         c = jnp.where(var > 0, jnp.sum(sv * flip, axis=-1) / jnp.where(var > 0, var, 1.0),
                       1.0)[:, None, None]
     return c * jnp.einsum("bij,bvj->bvi", rot, xs) + mu_t
 
 
-def mesh_error_mm(pred, truth, scale: bool = False):
+def _point_weights(name: str, points, mask):
+    """(B, V, 1) float32 0/1 weights of a (B, V) bool mask (all ones if None)."""
+    if mask is None:
+        return jnp.ones(points.shape[:2] + (1,), jnp.float32)
+    mask = jnp.asarray(mask)
+    if mask.shape != points.shape[:2]:
+        raise ValueError(f"{name}: mask has shape {mask.shape}, expected {points.shape[:2]} "
+                         "(B, V)")
+    return mask.astype(jnp.float32)[..., None]
+
+
+def mesh_error_mm(pred, truth, scale: bool = False, mask=None):
     """Mean per-vertex distance after `rigid_align` of pred onto truth.
 
     Args:
       pred: (B, V, 3) float32 metres; truth: (B, V, 3) float32 metres.
       scale: align with a uniform scale too (NoW's protocol).
+      mask: optional (B, V) bool: align on and average over these vertices
+        only (`now_face_mask` gives NoW's face region); each row needs at
+        least three non-collinear vertices.
     Returns:
       (B,) float32 millimetres.
     """
     truth = jnp.asarray(truth, jnp.float32)
-    aligned = rigid_align(pred, truth, scale)
-    return 1000.0 * jnp.mean(jnp.linalg.norm(aligned - truth, axis=-1), axis=1)
+    aligned = rigid_align(pred, truth, scale, mask)
+    dist = jnp.linalg.norm(aligned - truth, axis=-1)
+    if mask is None:
+        return 1000.0 * jnp.mean(dist, axis=1)
+    w = _point_weights("mesh_error_mm", truth, mask)[..., 0]
+    return 1000.0 * jnp.sum(w * dist, axis=1) / jnp.sum(w, axis=1)
+
+
+def now_face_mask(model: FlameModel, vertices):
+    """NoW's face region of meshes: the vertices within a sphere around the
+    face's centre, as the NoW benchmark crops its ground-truth scans
+    (now_evaluation, `scan2mesh_computations.compute_mask`).
+
+    From 7 landmarks on the mesh (iBUG 36, 39, 42, 45: the eye corners,
+    outer, inner, inner, outer; 33: the nose bottom; 48, 54: the mouth
+    corners; `NOW_LANDMARKS`), placed with the model's static landmark
+    embedding: centre = nose bottom + 0.3 (nose bridge - nose bottom), the
+    bridge halfway between the inner eye corners; radius = 1.4 x (outer eye
+    corners' distance + bridge-to-nose-bottom distance) / 2. NoW then aligns
+    the prediction to the cropped scan (7-landmark Procrustes refined by
+    scan-to-mesh rigid ICP with scale) and scores scan-to-mesh distances. With
+    meshes in correspondence the per-vertex distance over the crop, aligned on
+    the crop (`mesh_error_mm(..., scale=True, mask=...)`), stands in for both:
+    it is never below the scan-to-mesh distance of the same alignment.
+
+    Args:
+      model: the FLAME-format model (its static landmark embedding).
+      vertices: (B, V, 3) float32 metres, the ground-truth meshes.
+    Returns:
+      (B, V) bool.
+    """
+    vertices = jnp.asarray(vertices, jnp.float32)
+    if vertices.ndim != 3 or vertices.shape[1:] != (model.num_vertices, 3):
+        raise ValueError(f"now_face_mask: vertices have shape {vertices.shape}, expected "
+                         f"(B, {model.num_vertices}, 3)")
+    rows = np.asarray(NOW_LANDMARKS) - _FIRST_STATIC_LANDMARK
+    lmk = barycentric_points(vertices, model.faces, jnp.asarray(model.static_lmk_faces_idx)[rows],
+                             jnp.asarray(model.static_lmk_bary_coords)[rows])
+    outer_r, inner_r, inner_l, outer_l, nose_bottom = (lmk[:, i] for i in range(5))
+    bridge = 0.5 * (inner_r + inner_l)
+    centre = nose_bottom + 0.3 * (bridge - nose_bottom)
+    radius = 1.4 * 0.5 * (jnp.linalg.norm(outer_r - outer_l, axis=-1)
+                          + jnp.linalg.norm(bridge - nose_bottom, axis=-1))
+    return jnp.linalg.norm(vertices - centre[:, None], axis=-1) <= radius[:, None]
 
 
 def neutral_vertices(model: FlameModel, shape):
