@@ -1,21 +1,30 @@
-"""How much of the teacher's shape E_shape's backbone features hold linearly:
-ridge regression from what the shape head reads to the true shape coefficients.
+"""How much of the teacher's shape a supervised read-out can recover: ridge
+regression from E_shape's backbone features, and from the true landmarks, to
+the true shape coefficients.
 
     python -m face3d_eval.shape_probe --config tiny --scans 1024
+    python -m face3d_eval.shape_probe --config tiny --scans 192 --views 6   # tiny's data size
 
 The paper's E_shape starts from MICA, a shape regressor trained on 3D scans
 (Sec. 5.2, `face3d_jax.nets.mica`); the teacher world has no MICA weights, but
 its samples come with their true FLAME shape, so a supervised start can be
-measured here. This fits the best linear read-out of the encoder's frozen
-features (`ShapeEncoder.shape_features`: the pooled last stage for the linear
-head, the normalised ArcFace embedding for MICA's) on S fresh teacher samples
-("scans", rendered and cropped as the training set is), closed-form ridge on
-standardised features for each penalty, and prints the shape error
-(`teacher_eval.mesh_error_mm`, neutral meshes, aligned with scale as NoW and
-`eval/shape_error_mm` align them) on held-out samples drawn with
+measured here. Two read-outs are fitted, closed-form ridge on standardised
+inputs for each penalty, on S fresh teacher samples ("scans", rendered and
+cropped as the training set is; with `--views K`, S / K identities seen K ways
+as `teacher_eval.identity_views` draws them, like the dataset's edits):
+  features   the encoder's frozen features (`ShapeEncoder.shape_features`:
+             the pooled last stage for the linear head, the normalised ArcFace
+             embedding for MICA's): the best linear head on this backbone;
+  landmarks  the 68 true 2D landmarks in crop pixels: what an encoder that
+             located every landmark exactly could tell, linearly, with 3D
+             supervision (the landmark term is the rendering losses' only
+             geometric target, Sec. 4.1).
+It prints the held-out shape error (`teacher_eval.mesh_error_mm`, neutral
+meshes aligned with scale as `eval/shape_error_mm` aligns them; and over NoW's
+face region, `eval/shape_error_now_mm`) on samples drawn with
 `config.eval.seed`, the trainer's evaluation draw, against the mean face's.
-A ratio well above 0.5 means even 3D supervision of the head alone, with the
-backbone frozen, would not halve the shape error. No peer: nothing is timed.
+A ratio well above 0.5 means even 3D supervision would not halve the shape
+error from that input and that many scans. No peer: nothing is timed.
 """
 
 from __future__ import annotations
@@ -61,17 +70,26 @@ def main(argv=None) -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--scans", type=int, default=1024, help="training samples of the fit")
     ap.add_argument("--held", type=int, default=64, help="held-out samples scored")
-    ap.add_argument("--ridge", type=float, nargs="+", default=[10.0, 100.0, 1000.0, 10000.0])
+    ap.add_argument("--views", type=int, default=1,
+                    help="scans per identity (S / views identities, shapes shared)")
+    ap.add_argument("--ridge", type=float, nargs="+", default=[0.1, 1.0, 10.0, 100.0, 1000.0])
     ap.add_argument("--seed", type=int, default=777, help="the scans' draw (not eval.seed)")
     args = ap.parse_args(argv)
 
+    if args.views < 1 or args.scans % args.views:
+        ap.error(f"--views {args.views} must be at least 1 and divide --scans {args.scans}")
     config = apply_overrides(load(args.config), args.set)
     if args.seed == int(config.eval.seed):
         ap.error(f"--seed {args.seed} is eval.seed: the scans would be the held-out samples")
     model = load_model(config)
     teacher = TeacherSource(generate_config(config), model).world
     crop = int(config.data.generate.crop_size)
-    scans = te.make_held_out(teacher, jax.random.key(args.seed), args.scans, crop)
+    if args.views == 1:
+        scans = te.make_held_out(teacher, jax.random.key(args.seed), args.scans, crop)
+    else:
+        w = te.identity_views(teacher, jax.random.key(args.seed), args.scans // args.views,
+                              args.views)
+        scans = te.held_out_from_w(teacher, w, crop)
     held = te.make_held_out(teacher, jax.random.key(int(config.eval.seed)), args.held, crop)
     encoder = build_encoder(config.model, nnx.Rngs(int(config.seed)))
 
@@ -83,29 +101,38 @@ def main(argv=None) -> None:
         return np.concatenate([np.asarray(features(encoder, jnp.asarray(crops[i:i + 32])),
                                           np.float64) for i in range(0, len(crops), 32)])
 
-    x_scan, x_held = read(scans.crop), read(held.crop)
     num_shape = int(config.model.num_shape)
     y = np.zeros((args.scans, num_shape))
     k = min(num_shape, scans.shape.shape[1])
     y[:, :k] = scans.shape[:, :k]
     truth = jnp.asarray(held.neutral)
+    face = te.now_face_mask(model, truth)
 
-    def error(shape) -> float:
+    def errors(shape) -> tuple[float, float]:
         pred = te.neutral_vertices(model, jnp.asarray(shape, jnp.float32))
-        return float(jnp.mean(te.mesh_error_mm(pred, truth, scale=True)))
+        return (float(jnp.mean(te.mesh_error_mm(pred, truth, scale=True))),
+                float(jnp.mean(te.mesh_error_mm(pred, truth, scale=True, mask=face))))
 
-    mean = error(np.zeros((args.held, num_shape)))
+    def lmk(h):
+        return np.asarray(h.landmarks, np.float64).reshape(len(h.landmarks), -1)
+
+    x_scan, x_held = read(scans.crop), read(held.crop)
+    inputs = {"features": (x_scan, x_held), "landmarks": (lmk(scans), lmk(held))}
+    mean = errors(np.zeros((args.held, num_shape)))
     head = "MICA (normalised embedding)" if encoder.mica is not None else "linear (pooled map)"
-    print(f"teacher world of config {config.name!r}: {args.scans} scans, {args.held} held-out "
+    print(f"teacher world of config {config.name!r}: {args.scans} scans "
+          f"({args.scans // args.views} identities x {args.views}), {args.held} held-out "
           f"samples, {crop}^2 crops; E_shape backbone {config.model.encoder.backbone!r}, shape "
           f"head {head}, {x_scan.shape[1]} features")
-    print("| read-out | ridge | held-out shape error mm (NoW, scaled) | of the mean face's |")
-    print("|---|---|---|---|")
-    print(f"| mean face | - | {mean:.3f} | 100% |")
-    for penalty in args.ridge:
-        got = error(ridge_fit(x_scan, y, penalty)(x_held))
-        print(f"| ridge | {penalty:g} | {got:.3f} | {got / mean:.0%} |")
-
+    print("| read-out | ridge | whole head mm | of the mean face's | NoW face region mm "
+          "| of the mean face's |")
+    print("|---|---|---|---|---|---|")
+    print(f"| mean face | - | {mean[0]:.3f} | 100% | {mean[1]:.3f} | 100% |")
+    for name, (x_fit, x_eval) in inputs.items():
+        for penalty in args.ridge:
+            got = errors(ridge_fit(x_fit, y, penalty)(x_eval))
+            print(f"| {name} | {penalty:g} | {got[0]:.3f} | {got[0] / mean[0]:.0%} | "
+                  f"{got[1]:.3f} | {got[1] / mean[1]:.0%} |")
 
 if __name__ == "__main__":
     main()
