@@ -16,7 +16,8 @@ landmark loss, by Adam from the mean face:
   shared  one shape per identity for its K views (what the shape-centre loss,
           Eq. 4, lets a batch of K views tell).
 It prints the shape error (mm, neutral meshes, `teacher_eval.mesh_error_mm`,
-aligned with scale as NoW does and without) of the mean face and of each fit,
+aligned with scale as NoW does and without, and over NoW's face region as
+`eval/shape_error_now_mm`) of the mean face and of each fit,
 and the fits' landmark error in crop pixels. No peer: nothing is timed.
 """
 
@@ -125,27 +126,31 @@ def main(argv=None) -> None:
     layout = CodeLayout(int(config.model.num_shape), int(config.model.num_expression))
     truth = jnp.asarray(held.neutral)
 
+    face = te.now_face_mask(model, truth)
+
     def errors(shape):
         pred = te.neutral_vertices(model, shape)
         return (float(jnp.mean(te.mesh_error_mm(pred, truth, scale=True))),
-                float(jnp.mean(te.mesh_error_mm(pred, truth))))
+                float(jnp.mean(te.mesh_error_mm(pred, truth))),
+                float(jnp.mean(te.mesh_error_mm(pred, truth, scale=True, mask=face))))
 
     print(f"teacher world of config {config.name!r}: {args.identities} identities x "
           f"{args.views} views, {crop}^2 crops, {layout.num_shape} shape coefficients")
-    print("| fit | shape prior | landmark px | shape error mm (NoW, scaled) | "
-          "shape error mm (metric) |")
-    print("|---|---|---|---|---|")
+    print("| fit | shape prior | landmark px | shape error mm (scaled) | "
+          "shape error mm (metric) | NoW face region mm (scaled) |")
+    print("|---|---|---|---|---|---|")
     mean = errors(jnp.zeros((held.count, layout.num_shape), jnp.float32))
-    print(f"| mean face | - | - | {mean[0]:.3f} | {mean[1]:.3f} |")
+    print(f"| mean face | - | - | {mean[0]:.3f} | {mean[1]:.3f} | {mean[2]:.3f} |")
     for prior in args.prior:
         for shared in (False, True):
             shape, pixels = fit_codes(model, layout, held.landmarks, crop, args.views,
                                           shared=shared, steps=args.steps, prior=prior)
             px = float(np.mean(np.linalg.norm(np.asarray(pixels) - held.landmarks, axis=-1)))
-            scaled, metric = errors(shape)
+            got = errors(shape)
             name = f"{args.views} views, one shape" if shared else "each view alone"
-            print(f"| {name} | {prior:g} | {px:.3f} | {scaled:.3f} ({scaled / mean[0]:.0%}) | "
-                  f"{metric:.3f} ({metric / mean[1]:.0%}) |", flush=True)
+            print(f"| {name} | {prior:g} | {px:.3f} | "
+                  + " | ".join(f"{g:.3f} ({g / m:.0%})" for g, m in zip(got, mean)) + " |",
+                  flush=True)
 
 
 if __name__ == "__main__":
