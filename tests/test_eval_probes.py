@@ -1,0 +1,66 @@
+"""The shape-criterion probes (eval/shape_probe.py, eval/shape_ceiling.py),
+whose figures the README and the closing notes quote: the ridge read-out
+against numpy's least squares, and the landmark fit against landmarks made
+from known codes with DECA's orthographic projection written out here."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from face3d_eval.shape_ceiling import fit_codes
+from face3d_eval.shape_probe import ridge_fit
+from face3d_jax.flame import flame_forward
+from face3d_train.models import CodeLayout, crop_camera_prior
+
+
+@pytest.mark.parametrize("n, d", [(40, 6), (5, 12)])  # the primal and the dual form
+def test_ridge_fit_is_ridge_regression_on_standardised_inputs(n, d):
+    rng = np.random.default_rng(0)
+    x = rng.normal(3.0, [0.5 + i for i in range(d)], (n, d))
+    y = rng.standard_normal((n, 3))
+    q = rng.normal(3.0, 2.0, (4, d))
+    for penalty in (1e-3, 10.0):
+        # min |Z a + b - y|^2 + penalty |a|^2 (b free), Z standardised, as one
+        # augmented least-squares problem.
+        mu, sd = x.mean(0), x.std(0) + 1e-8
+        z = np.hstack([(x - mu) / sd, np.ones((n, 1))])
+        reg = np.hstack([np.sqrt(penalty) * np.eye(d), np.zeros((d, 1))])
+        coef = np.linalg.lstsq(np.vstack([z, reg]), np.vstack([y, np.zeros((d, 3))]),
+                               rcond=None)[0]
+        want = np.hstack([(q - mu) / sd, np.ones((4, 1))]) @ coef
+        np.testing.assert_allclose(ridge_fit(x, y, penalty)(q), want, rtol=1e-6, atol=1e-8)
+
+
+def _pixels(model, shape, expression, pose, crop):
+    """68 landmarks in crop pixels: DECA's batch_orth_proj s (X + t) with the
+    crop prior's camera, y up in NDC, pixel centres at j + 0.5."""
+    n = shape.shape[0]
+    z = lambda k: jnp.zeros((n, k), jnp.float32)  # noqa: E731
+    out = flame_forward(model, shape, expression, pose, z(3), z(3), z(6))
+    s, tx, ty = (float(v) for v in crop_camera_prior(model))
+    lmk = np.asarray(out.landmarks, np.float64)
+    ndc = s * (lmk[..., :2] + np.array([tx, ty]))
+    return np.stack([(ndc[..., 0] + 1) * 0.5 * crop, (1 - ndc[..., 1]) * 0.5 * crop], -1)
+
+
+def test_the_landmark_fit_reaches_landmarks_of_known_codes(default_flame):
+    layout, crop, views = CodeLayout(10, 5), 64, 2
+    rng = np.random.default_rng(1)
+    shape = np.repeat(rng.standard_normal((2, 10)), views, axis=0).astype(np.float32)
+    expression = (0.5 * rng.standard_normal((4, 5))).astype(np.float32)
+    pose = (0.1 * rng.standard_normal((4, 3))).astype(np.float32)
+    target = _pixels(default_flame, shape, expression, pose, crop).astype(np.float32)
+    start = np.mean(np.linalg.norm(_pixels(default_flame, 0 * shape, 0 * expression, 0 * pose,
+                                           crop) - target, axis=-1))
+    for shared in (False, True):
+        got_shape, got_px = fit_codes(default_flame, layout, target, crop, views,
+                                      shared=shared, steps=600)
+        got_shape, got_px = np.asarray(got_shape), np.asarray(got_px)
+        err = np.mean(np.linalg.norm(got_px - target, axis=-1))
+        assert start > 1.0 and err < 0.1 * start, (shared, start, err)
+        assert got_shape.shape == (4, 10)
+        # One shape per identity when shared, one per view otherwise.
+        tied = np.allclose(got_shape[0::2], got_shape[1::2])
+        assert tied == shared
