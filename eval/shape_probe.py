@@ -134,5 +134,6 @@ def main(argv=None) -> None:
             print(f"| {name} | {penalty:g} | {got[0]:.3f} | {got[0] / mean[0]:.0%} | "
                   f"{got[1]:.3f} | {got[1] / mean[1]:.0%} |")
 
+
 if __name__ == "__main__":
     main()
