@@ -1,4 +1,5 @@
-"""The shape-criterion probes (eval/shape_probe.py, eval/shape_ceiling.py),
+"""The shape-criterion probes (eval/shape_probe.py, eval/shape_ceiling.py,
+eval/term_gradients.py),
 whose figures the README and the closing notes quote: the ridge read-out
 against numpy's least squares, and the landmark fit against landmarks made
 from known codes with DECA's orthographic projection written out here."""
@@ -11,6 +12,7 @@ import pytest
 
 from face3d_eval.shape_ceiling import fit_codes
 from face3d_eval.shape_probe import ridge_fit
+from face3d_eval.term_gradients import cosines
 from face3d_jax.flame import flame_forward
 from face3d_train.models import CodeLayout, crop_camera_prior
 
@@ -64,3 +66,12 @@ def test_the_landmark_fit_reaches_landmarks_of_known_codes(default_flame):
         # One shape per identity when shared, one per view otherwise.
         tied = np.allclose(got_shape[0::2], got_shape[1::2])
         assert tied == shared
+
+
+def test_cosines_over_all_and_the_first_coefficients():
+    to_truth = np.array([[1.0, 0.0, 0.0, 0.0, 0.0, 2.0], [0.0, 1.0, 0.0, 0.0, 0.0, 0.0]])
+    step = np.array([[2.0, 0.0, 0.0, 0.0, 0.0, -1.0], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
+    # Row 0: (2 - 2) / (sqrt 5 sqrt 5) = 0 over all, 1 over the first 5; row 1
+    # is a zero step and counts as 0.
+    assert cosines(step, to_truth) == pytest.approx((0.0, 0.5))
+    assert cosines(-to_truth, to_truth, first=2) == pytest.approx((-1.0, -1.0))
