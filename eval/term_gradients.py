@@ -20,6 +20,7 @@ peer: nothing is timed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import sys
 from pathlib import Path
@@ -93,15 +94,20 @@ def main(argv=None) -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--workdir", default="", help="a run's folder (its checkpoints)")
     ap.add_argument("--batches", type=int, default=2, help="held-out batches of G x K")
-    ap.add_argument("--seed", type=int, default=99, help="the held-out draw")
+    ap.add_argument("--seed", type=int, default=None,
+                    help="the held-out draw (default: eval.seed, the trainer's held-out key)")
     args = ap.parse_args(argv)
+    folder = Path(args.workdir) / "checkpoints"
+    if args.workdir and not folder.is_dir():
+        ap.error(f"--workdir {args.workdir}: no checkpoints folder")
 
     config = apply_overrides(load(args.config), args.set)
     model = load_model(config)
     trainer = Trainer(config, model, make_mesh(jax.devices()[:1]))
     groups, views = trainer.setup.groups
     teacher = TeacherSource(generate_config(config), model).world
-    w = te.identity_views(teacher, jax.random.key(args.seed), groups * args.batches, views)
+    seed = int(config.eval.seed) if args.seed is None else args.seed
+    w = te.identity_views(teacher, jax.random.key(seed), groups * args.batches, views)
     held = te.held_out_from_w(teacher, w, int(config.data.generate.crop_size))
     size = groups * views
     batches = [dict(crop=jnp.asarray(held.crop[i:i + size]), w=jnp.asarray(held.w[i:i + size]),
@@ -110,30 +116,27 @@ def main(argv=None) -> None:
                for i in range(0, len(held.crop), size)]
 
     term_gradients = make_term_gradients(trainer)
-    states = [(0, trainer.init_state())]
-    folder = Path(args.workdir) / "checkpoints"
-    if args.workdir:
-        if not folder.is_dir():
-            ap.error(f"--workdir {args.workdir}: no checkpoints folder")
-        ckpt = Checkpointer(folder, keep=1000, save_every=1, async_save=False)
-        states += [(s, None) for s in ckpt.all_steps() if s != 0]
     print(f"config {config.name!r}: {len(batches)} held-out batches of {groups} identities x "
           f"{views} views")
     print(f"| step | term | gradient norm | cos, all | cos, first {_FIRST} |")
     print("|---|---|---|---|---|")
-    for step, state in states:
-        if state is None:
-            state, _ = ckpt.restore(trainer.abstract_state(), step)
-        parts = [term_gradients(state, b) for b in batches]
-        pred = np.concatenate([p[0] for p in parts])
-        truth = np.zeros_like(pred)
-        k = min(pred.shape[1], held.shape.shape[1])
-        truth[:, :k] = held.shape[:, :k]
-        for name in parts[0][1]:
-            g = np.concatenate([p[1][name] for p in parts])
-            c_all, c_first = cosines(-g, truth - pred)
-            print(f"| {step} | {name} | {np.mean(np.linalg.norm(g, axis=1)):.2e} | "
-                  f"{c_all:+.3f} | {c_first:+.3f} |", flush=True)
+    with contextlib.ExitStack() as stack:
+        ckpt = (stack.enter_context(Checkpointer(folder, keep=1000, save_every=1,
+                                                 async_save=False)) if args.workdir else None)
+        steps = [0] + ([s for s in ckpt.all_steps() if s != 0] if ckpt else [])
+        for step in steps:
+            state = (trainer.init_state() if step == 0
+                     else ckpt.restore(trainer.abstract_state(), step)[0])
+            parts = [term_gradients(state, b) for b in batches]
+            pred = np.concatenate([p[0] for p in parts])
+            truth = np.zeros_like(pred)
+            k = min(pred.shape[1], held.shape.shape[1])
+            truth[:, :k] = held.shape[:, :k]
+            for name in parts[0][1]:
+                g = np.concatenate([p[1][name] for p in parts])
+                c_all, c_first = cosines(-g, truth - pred)
+                print(f"| {step} | {name} | {np.mean(np.linalg.norm(g, axis=1)):.2e} | "
+                      f"{c_all:+.3f} | {c_first:+.3f} |", flush=True)
 
 
 if __name__ == "__main__":
