@@ -40,6 +40,7 @@ from face3d_train import terms as T  # noqa: E402
 from face3d_train.checkpoint import Checkpointer  # noqa: E402
 from face3d_train.configs import apply_overrides, load  # noqa: E402
 from face3d_train.data import generate_config  # noqa: E402
+from face3d_train.evaluation import held_out_batch  # noqa: E402
 from face3d_train.loop import Trainer, load_model, make_mesh  # noqa: E402
 from face3d_train.step import Nets, context  # noqa: E402
 
@@ -109,11 +110,8 @@ def main(argv=None) -> None:
     seed = int(config.eval.seed) if args.seed is None else args.seed
     w = te.identity_views(teacher, jax.random.key(seed), groups * args.batches, views)
     held = te.held_out_from_w(teacher, w, int(config.data.generate.crop_size))
-    size = groups * views
-    batches = [dict(crop=jnp.asarray(held.crop[i:i + size]), w=jnp.asarray(held.w[i:i + size]),
-                    landmarks=jnp.asarray(held.landmarks[i:i + size]),
-                    albedo=jnp.asarray(held.albedo[i:i + size]))
-               for i in range(0, len(held.crop), size)]
+    size, whole = groups * views, held_out_batch(held)
+    batches = [{k: v[i:i + size] for k, v in whole.items()} for i in range(0, held.count, size)]
 
     term_gradients = make_term_gradients(trainer)
     print(f"config {config.name!r}: {len(batches)} held-out batches of {groups} identities x "

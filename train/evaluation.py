@@ -49,6 +49,13 @@ log = logging.getLogger(__name__)
 _RENDER_TERMS = ("identity", "perceptual", "landmark")
 
 
+def held_out_batch(held: te.HeldOut) -> dict[str, jax.Array]:
+    """A `teacher_eval.HeldOut` as the trainer's batch: crop, landmarks, albedo
+    and w (float32 arrays, N first), what `step.context` reads."""
+    return dict(crop=jnp.asarray(held.crop), landmarks=jnp.asarray(held.landmarks),
+                albedo=jnp.asarray(held.albedo), w=jnp.asarray(held.w))
+
+
 class HeldOutEval:
     """Held-out teacher identities and the jitted evaluation of a state.
 
@@ -73,6 +80,8 @@ class HeldOutEval:
         self.held = te.make_held_out(teacher, jax.random.key(int(config.eval.seed)),
                                      int(config.eval.identities), int(gen.crop_size))
         self.face_mask = te.face_uv_mask(trainer.model, int(self.held.albedo.shape[1]))
+        # NoW's crop of each held-out truth: fixed, so computed once.
+        self.now_mask = te.now_face_mask(trainer.model, self.held.neutral)
         weights = self.setup.weights["shape"]
         self.render_weights = {n: weights.get(n, 0.0) for n in _RENDER_TERMS}
         self._eval = jax.jit(self._metrics)
@@ -84,7 +93,7 @@ class HeldOutEval:
         ctx = context(setup, nets, batch, jax.random.key(0), noise_mode="const")
         return ctx
 
-    def _metrics(self, state, batch, neutral, albedo_true, face_mask):
+    def _metrics(self, state, batch, neutral, albedo_true, face_mask, now_mask):
         ctx = self._outputs(state, batch)
         pred = te.neutral_vertices(self.setup.model, ctx.codes["shape"])
         r = ctx.render
@@ -93,7 +102,7 @@ class HeldOutEval:
             "shape_error_mm": jnp.mean(te.mesh_error_mm(pred, neutral, scale=True)),
             "shape_error_metric_mm": jnp.mean(te.mesh_error_mm(pred, neutral)),
             "shape_error_now_mm": jnp.mean(te.mesh_error_mm(
-                pred, neutral, scale=True, mask=te.now_face_mask(self.setup.model, neutral))),
+                pred, neutral, scale=True, mask=now_mask)),
             "albedo_psnr": jnp.mean(te.albedo_psnr(ctx.albedo, albedo_true, face_mask)),
             "landmark_px": jnp.mean(jnp.linalg.norm(r.landmarks2d - batch["landmarks"], axis=-1)),
             "camera_scale": jnp.mean(ctx.codes["camera"][:, 0]) / self.setup.camera_prior[0],
@@ -104,16 +113,15 @@ class HeldOutEval:
         return out
 
     def _batch(self):
-        h = self.held
-        return dict(crop=jnp.asarray(h.crop), landmarks=jnp.asarray(h.landmarks),
-                    albedo=jnp.asarray(h.albedo), w=jnp.asarray(h.w))
+        return held_out_batch(self.held)
 
     def evaluate(self, state) -> dict[str, float]:
         """{"eval/<metric>": float} for a train state (empty when disabled)."""
         if not self.enabled:
             return {}
         out = self._eval(state, self._batch(), jnp.asarray(self.held.neutral),
-                         jnp.asarray(self.held.albedo), jnp.asarray(self.face_mask))
+                         jnp.asarray(self.held.albedo), jnp.asarray(self.face_mask),
+                         self.now_mask)
         return {f"eval/{k}": float(v) for k, v in jax.device_get(out).items()}
 
     def images(self, state, count: int = 4) -> dict[str, np.ndarray]:
