@@ -9,7 +9,7 @@ import pytest
 
 from face3d_jax.flame.forward import flame_forward
 from face3d_jax.flame.procedural import default_model
-from face3d_jax.flame.procedural.bases import EXPRESSION_AMPLITUDE, SHAPE_AMPLITUDE
+from face3d_jax.flame.procedural.bases import EXPRESSION_AMPLITUDE, SHAPE_AMPLITUDE, amplitudes
 
 # iBUG left-right mirror pairs among the static landmarks (17..67).
 MIRROR = {**{17 + i: 26 - i for i in range(5)}, **{31 + i: 35 - i for i in range(2)},
@@ -108,8 +108,11 @@ def test_components_are_smooth_orthogonal_and_decaying(default_flame, name, ampl
     gram = flat.T @ flat
     off = gram - np.diag(np.diag(gram))
     assert np.abs(off).max() < 1e-6 * np.diag(gram).max()
-    k = np.arange(dirs.shape[-1])
-    np.testing.assert_allclose(mag.max(0), amplitude[0] * (k + 1.0) ** -amplitude[1], rtol=1e-4)
+    # The designed components first (15 identity, 16 expression), then the random ones.
+    designed = 15 if name == "shapedirs" else 16
+    expected = amplitudes(dirs.shape[-1], designed, amplitude)
+    np.testing.assert_allclose(mag.max(0), expected, rtol=1e-4)
+    assert np.all(np.diff(expected) < 0)
 
 
 def test_expressions_stay_on_the_face(default_flame):

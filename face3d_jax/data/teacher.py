@@ -60,6 +60,7 @@ LABELS = ("yaw", "pitch", "roll", "jaw_open", "smile", "brow_raise")
 # iBUG landmarks (static index = iBUG - 17) measuring the expression labels.
 _MOUTH_CORNERS, _LIP_CENTRES = (48 - 17, 54 - 17), (51 - 17, 57 - 17)
 _BROWS, _NOSE_BRIDGE = tuple(range(0, 10)), 27 - 17
+_MAIN_EXPRESSIONS = 16  # the procedural bases' designed expressions
 
 
 def mapping(teacher: Teacher, z, truncation: float = 1.0):
@@ -84,12 +85,20 @@ def _geometry_controls(teacher: Teacher, w):
     ex = _read(teacher, w, "expression")
     num = cfg.num_expression
     pose = _read(teacher, w, "pose")
-    yaw = cfg.max_yaw_deg * jnp.tanh(0.9 * pose[:, 0])
-    pitch = cfg.max_pitch_deg * jnp.tanh(0.8 * pose[:, 1])
-    roll = cfg.max_roll_deg * jnp.tanh(0.8 * pose[:, 2])
-    # Mostly nearly closed, sometimes wide open.
-    jaw = cfg.max_jaw_deg * jax.nn.sigmoid(1.6 * ex[:, num] - 1.2)
-    expression = cfg.expression_scale * ex[:, :num]
+    # Bounded by max_*, spread (the standard deviation near 0) by *_spread.
+    yaw = cfg.max_yaw_deg * jnp.tanh(cfg.yaw_spread_deg / cfg.max_yaw_deg * pose[:, 0])
+    pitch = cfg.max_pitch_deg * jnp.tanh(cfg.pitch_spread_deg / cfg.max_pitch_deg * pose[:, 1])
+    roll = cfg.max_roll_deg * jnp.tanh(cfg.roll_spread_deg / cfg.max_roll_deg * pose[:, 2])
+    # Mostly closed, sometimes open (1 in 6 beyond a quarter of max_jaw_deg).
+    jaw = cfg.max_jaw_deg * jax.nn.sigmoid(2.0 * ex[:, num] - 4.0)
+    # Mostly mild, as FFHQ's faces: the main actions (the procedural bases'
+    # designed ones, smile, brows..., or FLAME's first components) at
+    # expression_scale, the rest at a third of it, and the first ("mouth
+    # open" in both) only ever opening, and rarely.
+    weight = jnp.where(jnp.arange(num) < _MAIN_EXPRESSIONS, 1.0, 0.35)
+    expression = cfg.expression_scale * weight * ex[:, :num]
+    expression = expression.at[:, 0].set(
+        cfg.expression_scale * 2.0 * jax.nn.sigmoid(2.0 * ex[:, 0] - 4.0))
     lift = 1000.0 * jnp.einsum("lce,be->blc", teacher.lmk_exprdirs, expression)[..., 1]  # mm
     smile = jnp.mean(lift[:, list(_MOUTH_CORNERS)], 1) - jnp.mean(lift[:, list(_LIP_CENTRES)], 1)
     brow_raise = jnp.mean(lift[:, list(_BROWS)], 1) - lift[:, _NOSE_BRIDGE]

@@ -9,9 +9,14 @@ any size (the paper's albedo is 1024^2, its displacement 256^2).
 
 Skin: a tone between a light and a dark skin colour (a one-parameter skin-tone
 axis with a warm/cool undertone), cheek and nose redness, darker under the
-eyes, low-frequency blotches, freckles and pores; lips and brows placed by the
-template's landmarks; hair above a hairline; eyeballs with sclera, iris and
-pupil. Noise is "solid" (a sum of random plane waves in 3D, a Gaussian random
+eyes, low-frequency blotches, freckles and pores, a beard shadow on some;
+lips (between the landmarks' lip contours, with the line where they part),
+nostrils and brows (thick at the head, tapering) placed by the template's
+landmarks; hair above a hairline; eyeballs with sclera, iris and pupil, and
+lids painted on them with the lash line (the meshes are too coarse to model
+lids: a few vertices span an eye). These are what face networks key on:
+with them, dlib's detector finds most renders and its network tells most
+identities apart (`face3d_eval.identity_separability`). Noise is "solid" (a sum of random plane waves in 3D, a Gaussian random
 field in the limit of many waves), so it does not depend on the UV layout, and
 each band's frequency is capped by the map's texel size so that nothing aliases.
 """
@@ -27,8 +32,9 @@ from face3d_jax.data.teacher_uv import FaceRegions, UVBake
 # Identity attribute slots (standardised readouts of w, about N(0, 1)).
 TONE, UNDERTONE, CHEEK_RED, NOSE_RED, LIP_RED, LIP_DARK, HAIR_LIGHT, HAIR_RED, \
     BROW_THICK, BROW_DENSE, IRIS_HUE, IRIS_LIGHT, FRECKLES, PORES, BLOTCHES, UNDER_EYE, \
-    HAIRLINE, AGE, FOREHEAD_PERIOD, FOREHEAD_BEND = range(20)
-NUM_ATTRIBUTES = 24  # 20 used, 4 spare so the layout can grow without re-seeding
+    HAIRLINE, AGE, FOREHEAD_PERIOD, FOREHEAD_BEND, BEARD, BROW_ARCH, LASHES, LIP_FULL, \
+    EYE_OPEN = range(25)
+NUM_ATTRIBUTES = 28  # 25 used, 3 spare so the layout can grow without re-seeding
 # Noise bands: blotches, freckles, pores/fine bumps, hair streaks.
 NOISE_BANDS = 4
 WAVES_PER_BAND = 32
@@ -37,7 +43,8 @@ BAND_FREQUENCIES = (25.0, 220.0, 700.0, 400.0)
 
 LIGHT_SKIN = (0.86, 0.68, 0.58)
 DARK_SKIN = (0.30, 0.19, 0.13)
-SCLERA = (0.86, 0.83, 0.79)
+SCLERA = (0.80, 0.76, 0.72)
+LASH = (0.045, 0.035, 0.03)
 
 
 def noise_waves(rng: np.random.Generator, num_bands: int = NOISE_BANDS,
@@ -97,6 +104,37 @@ def _segment_distance(xy, a, b):
     ab = b - a
     t = jnp.clip(jnp.sum((xy - a) * ab, -1) / jnp.maximum(jnp.sum(ab * ab), 1e-12), 0.0, 1.0)
     return jnp.linalg.norm(xy - (a + t[..., None] * ab), axis=-1)
+
+
+def _segment_distance_and_t(xy, a, b):
+    """`_segment_distance` and the position t in [0, 1] of the closest point."""
+    ab = b - a
+    t = jnp.clip(jnp.sum((xy - a) * ab, -1) / jnp.maximum(jnp.sum(ab * ab), 1e-12), 0.0, 1.0)
+    return jnp.linalg.norm(xy - (a + t[..., None] * ab), axis=-1), t
+
+
+def _gauss2d(x, y, cx, cy, sx, sy):
+    return jnp.exp(-0.5 * (((x - cx) / sx) ** 2 + ((y - cy) / sy) ** 2))
+
+
+# The outer lip contour: upper (iBUG 48..54) and lower (54..59, 48), left to right.
+LIP_UPPER = (48, 49, 50, 51, 52, 53, 54)
+LIP_LOWER = (48, 59, 58, 57, 56, 55, 54)
+
+
+def _between_contours(regions, x, y, upper, lower, grow, soft):
+    """(B, S, S) in [0, 1]: 1 between two landmark polylines that
+    run left to right (piecewise linear in x), grown by `grow` (B, 1, 1) metres up
+    and down, with edges `soft` metres wide; 0 beyond their x range."""
+    ux = jnp.stack([_lmk(regions, i)[0] for i in upper])
+    uy = jnp.stack([_lmk(regions, i)[1] for i in upper])
+    lx = jnp.stack([_lmk(regions, i)[0] for i in lower])
+    ly = jnp.stack([_lmk(regions, i)[1] for i in lower])
+    top = jnp.interp(x, ux, uy)[None] + grow
+    bottom = jnp.interp(x, lx, ly)[None] - grow
+    inside_x = _smoothstep(ux[-1] + soft, ux[-1] - soft, jnp.abs(x))[None]
+    return _smoothstep(top + soft, top - soft, y[None]) \
+        * _smoothstep(bottom - soft, bottom + soft, y[None]) * inside_x
 
 
 def _lerp(a, b, t):
@@ -162,16 +200,38 @@ def albedo_map(bake: UVBake, regions: FaceRegions, waves, attributes, phases):
     color = color * (1.0 + (0.3 * pore_depth * pores
                             - pore_depth * jnp.clip(pores - 1.2, 0.0, 1.0))[..., None])
 
-    # Lips: an ellipse through the outer lip landmarks (48..59), on the front.
-    mouth = jnp.mean(regions.landmarks[48 - 17:60 - 17], axis=0)
-    half_w = 0.5 * jnp.abs(_lmk(regions, 54)[0] - _lmk(regions, 48)[0])
-    half_h = 0.5 * jnp.abs(_lmk(regions, 51)[1] - _lmk(regions, 57)[1])
-    ellipse = ((x - mouth[0]) / half_w) ** 2 + ((y - mouth[1]) / (half_h + 1e-4)) ** 2
-    lips = (_smoothstep(1.25, 0.8, ellipse)
-            * _smoothstep(mouth[2] - 0.02, mouth[2] - 0.008, z))[None]
-    lip_tint = _col((1.0, 0.62, 0.64)) * (1.0 - 0.25 * sig(a[:, LIP_DARK])[..., None]) \
+    # Lips: between the outer lip contours (iBUG 48..54 above, 54..59, 48
+    # below), fuller or thinner, with a darker line where they part.
+    lips = _between_contours(regions, x, y, LIP_UPPER, LIP_LOWER,
+                             0.0015 * jnp.tanh(a[:, LIP_FULL]), 0.0012)
+    mouth_z = _lmk(regions, 51)[2]
+    lips = lips * _smoothstep(mouth_z - 0.03, mouth_z - 0.012, z)[None]
+    lip_tint = _col((0.92, 0.55, 0.56)) * (1.0 - 0.25 * sig(a[:, LIP_DARK])[..., None]) \
         * (1.0 + 0.12 * jnp.tanh(a[:, LIP_RED])[..., None] * _col((0.4, -0.6, -0.3)))
     color = _lerp(color, color * lip_tint, lips[..., None])
+    corners = (_lmk(regions, 48), _lmk(regions, 54))
+    parting = _smoothstep(0.0012, 0.0003, jnp.abs(y - corners[0][1]))[None] \
+        * _smoothstep(jnp.abs(corners[0][0]) + 0.002, jnp.abs(corners[0][0]) - 0.002,
+                      jnp.abs(x))[None] * front
+    color = color * (1.0 - 0.55 * parting)[..., None]
+    # Nostrils: dark openings on the underside of the nose, beside its base.
+    tip = _lmk(regions, 30)
+    base = _lmk(regions, 33)
+    nostrils = sum(_gauss2d(x, y, s * 0.0062, base[1] + 0.004, 0.0030, 0.0018)
+                   for s in (-1.0, 1.0))
+    under = _smoothstep(tip[2] - 0.002, tip[2] - 0.006, z) * _smoothstep(
+        base[2] - 0.012, base[2] - 0.004, z)
+    color = color * (1.0 - 0.8 * jnp.clip(nostrils * under, 0.0, 1.0))[None, ..., None]
+    # Beard shadow on the chin, jaw and upper lip (a minority of identities):
+    # below a line from under the nose down the cheeks to the mouth's level,
+    # and above the throat.
+    chin = _lmk(regions, 57)
+    cut = base[1] - 0.005 - 0.45 * jnp.maximum(jnp.abs(x) - 0.016, 0.0)
+    beard_zone = _smoothstep(cut, cut - 0.006, y) * _smoothstep(chin[1] - 0.045, chin[1] - 0.03, y) \
+        * _smoothstep(0.068, 0.058, jnp.abs(x)) * _smoothstep(0.0, 0.03, z) \
+        * (1.0 - lips)
+    beard = 0.4 * sig(2.0 * a[:, BEARD] - 2.0) * (0.85 + 0.15 * noise(1)) * beard_zone
+    color = color * (1.0 - beard[..., None] * _col((1.0, 0.96, 0.88)))
 
     # Hair colour (brows and scalp): dark brown to blond, more or less red.
     light = sig(1.2 * a[:, HAIR_LIGHT] - 1.0)[..., None]
@@ -179,22 +239,51 @@ def albedo_map(bake: UVBake, regions: FaceRegions, waves, attributes, phases):
     hair = hair * (1.0 + 0.25 * sig(a[:, HAIR_RED] - 1.0)[..., None] * _col((0.6, -0.1, -0.5)))
     streaks = noise(3)
     hair_px = hair * (1.0 + 0.12 * streaks[..., None])
-    # Brows: bands along the brow landmarks (17..21 and 22..26).
-    thick = 0.0028 + 0.0012 * jnp.tanh(a[:, BROW_THICK])
+    # Brows: below the brow landmarks (17..21 and 22..26, which trace the
+    # brows' upper edge), thick at the head and tapering to the tail.
     xy = p[..., :2]
-    dist = jnp.full(p.shape[:2], jnp.inf)
-    for first in (17, 22):
+    brows = jnp.zeros_like(color[..., 0])
+    thick = 0.009 + 0.003 * jnp.tanh(a[:, BROW_THICK])  # height at the head
+    # BROW_ARCH moves the brows up or down relative to the landmarks' line.
+    xy_b = xy[None] - jnp.stack([jnp.zeros_like(a[:, BROW_ARCH]),
+                                 0.0015 * jnp.tanh(a[:, BROW_ARCH])], axis=-1)  # (B, 1, 1, 2)
+    for inner, step in ((21, -1), (22, 1)):
+        dist = jnp.full(xy_b.shape[:-1], jnp.inf)
+        along = jnp.zeros(xy_b.shape[:-1])
         for k in range(4):
-            dist = jnp.minimum(dist, _segment_distance(xy, _lmk(regions, first + k)[:2],
-                                                        _lmk(regions, first + k + 1)[:2]))
-    brows = _smoothstep(thick, 0.5 * thick, dist[None]) * front \
-        * (0.75 + 0.2 * sig(a[:, BROW_DENSE]) + 0.1 * streaks)
-    color = _lerp(color, hair_px, jnp.clip(brows, 0.0, 1.0)[..., None])
+            a0 = _lmk(regions, inner + step * k)[:2] + jnp.array([0.0, -0.0025])
+            a1 = _lmk(regions, inner + step * (k + 1))[:2] + jnp.array([0.0, -0.0025])
+            d, t = _segment_distance_and_t(xy_b, a0, a1)
+            closer = d < dist
+            dist = jnp.where(closer, d, dist)
+            along = jnp.where(closer, (k + t) / 4.0, along)
+        half = 0.5 * thick * (1.0 - 0.6 * along)
+        brows = jnp.maximum(brows, _smoothstep(half, 0.55 * half, dist))
+    brows = brows * front * (0.65 + 0.3 * sig(a[:, BROW_DENSE]) + 0.1 * streaks)
+    color = _lerp(color, hair_px * 0.8, jnp.clip(brows, 0.0, 1.0)[..., None])
     # Scalp hair above a hairline that drops from the forehead to the sides.
     hairline = _lerp(0.02, 0.072 + 0.008 * jnp.tanh(a[:, HAIRLINE]),
                      _smoothstep(-0.06, 0.05, z)[None])
     scalp = _smoothstep(hairline - 0.002, hairline + 0.012, y[None] + 0.002 * streaks)
     color = _lerp(color, hair_px, scalp[..., None])
+
+    # Around the eyes: the lash line along the rim where the lids meet the
+    # eyeball (heavier on the upper lid) and a slightly darker upper lid.
+    rim = jnp.zeros(p.shape[:2])
+    lid = jnp.zeros(p.shape[:2])
+    for centre in regions.eye_centers:
+        d_eye = jnp.linalg.norm(p - centre, axis=-1)
+        above = _smoothstep(centre[1] - 0.003, centre[1] + 0.002, y)
+        width = 0.0009 + 0.0011 * above
+        rim = jnp.maximum(rim, _smoothstep(regions.eye_radius + width + 0.0006,
+                                           regions.eye_radius + 0.0003, d_eye)
+                          * (0.55 + 0.45 * above))
+        lid = jnp.maximum(lid, above * _smoothstep(regions.eye_radius + 0.009,
+                                                   regions.eye_radius + 0.003, d_eye))
+    skin_only = (bake.eye < 0.5).astype(jnp.float32)
+    lashes = (0.75 + 0.25 * sig(a[:, LASHES])) * rim[None] * skin_only[None]
+    color = color * (1.0 - 0.12 * lid * skin_only)[None, ..., None]
+    color = _lerp(color, _col(LASH), jnp.clip(lashes, 0.0, 1.0)[..., None])
 
     # Eyeballs: sclera, iris and pupil by the angle from each eye's forward axis.
     rel = p[None] - regions.eye_centers[:, None, None]  # (2, S, S, 3)
@@ -207,6 +296,27 @@ def albedo_map(bake: UVBake, regions: FaceRegions, waves, attributes, phases):
                        sig(1.5 * a[:, IRIS_HUE] - 0.8)[..., None])
     iris_color = iris_color * (0.7 + 0.5 * sig(a[:, IRIS_LIGHT])[..., None])
     eye_px = _lerp(_lerp(_col(SCLERA), iris_color, iris), _col((0.02, 0.02, 0.02)), pupil)
+    # The lids: only an almond-shaped opening of the eyeball shows; around
+    # it the eyeball is painted as the lids that would cover it (the skin,
+    # a little darker), with the lash line along the opening. The mesh is too
+    # coarse for lids (a few vertices across an eye), so they are painted.
+    rel_n = jnp.take_along_axis(rel, nearest[None, ..., None], 0)[0] / regions.eye_radius
+    ex, ey = rel_n[..., 0], rel_n[..., 1]
+    u = jnp.clip(ex / 0.72, -1.0, 1.0)
+    opening_h = (1.0 + 0.18 * jnp.tanh(a[:, EYE_OPEN]))  # (B, 1, 1)
+    upper = (0.30 * (1.0 - u * u) ** 0.7 + 0.03)[None] * opening_h
+    lower = (-0.22 * (1.0 - u * u) ** 0.9 + 0.02)[None] * opening_h
+    soft = 0.035
+    inside = _smoothstep(upper + soft, upper - soft, ey[None]) \
+        * _smoothstep(lower - soft, lower + soft, ey[None]) \
+        * _smoothstep(0.74, 0.68, jnp.abs(ex))[None] * (rel_n[..., 2] > 0)[None]
+    lid = skin * 0.88
+    eye_px = _lerp(lid, eye_px, inside[..., None])
+    lash_w = 0.09 * (0.8 + 0.4 * sig(a[:, LASHES]))
+    lash_line = jnp.maximum(_smoothstep(lash_w, 0.0, jnp.abs(ey[None] - upper - 0.02)),
+                            0.5 * _smoothstep(0.6 * lash_w, 0.0, jnp.abs(ey[None] - lower + 0.02))) \
+        * _smoothstep(0.8, 0.6, jnp.abs(ex))[None]
+    eye_px = _lerp(eye_px, _col(LASH), jnp.clip(lash_line, 0.0, 1.0)[..., None])
     color = _lerp(color, eye_px, (bake.eye > 0.5)[None, ..., None].astype(jnp.float32))
     # Texels outside every UV island show the plain skin (mip-maps blend them in).
     color = jnp.where(bake.covered[None, ..., None] > 0, color, skin)

@@ -37,7 +37,12 @@ class TeacherConfig:
     geometry_rows / appearance_rows: [start, stop) rows of w that geometry
       (shape, expression, pose, camera) and appearance (albedo, light,
       background) are read from.
+    shape_scale, expression_scale: multiply the shape and expression
+      coefficients (expression: mild by default, as FFHQ's faces).
     max_yaw_deg, max_pitch_deg, max_roll_deg: bounds of the head rotation.
+    yaw_spread_deg, pitch_spread_deg, roll_spread_deg: its spread (the
+      standard deviation of the angle, to first order): FFHQ-like, most faces
+      within 15 degrees of frontal, a few turned up to the bound.
     max_jaw_deg: bound of the jaw opening.
     max_displacement: bound of the wrinkle map (metres; DECA and the authors'
       code clip to 0.004, the paper states 0.01).
@@ -62,10 +67,13 @@ class TeacherConfig:
     geometry_rows: tuple[int, int] = (0, 8)
     appearance_rows: tuple[int, int] = (4, 18)
     shape_scale: float = 1.0
-    expression_scale: float = 1.0
+    expression_scale: float = 0.5
     max_yaw_deg: float = 45.0
     max_pitch_deg: float = 20.0
     max_roll_deg: float = 10.0
+    yaw_spread_deg: float = 15.0
+    pitch_spread_deg: float = 8.0
+    roll_spread_deg: float = 4.0
     max_jaw_deg: float = 20.0
     max_displacement: float = 0.004
     camera_scale: float = 6.5

@@ -20,9 +20,22 @@ from face3d_jax.flame.procedural.rig import below_lips
 
 NUM_SHAPE = 300
 NUM_EXPRESSION = 100
-# Largest displacement (metres) of one unit of component k: a * (k + 1) ** -b.
-SHAPE_AMPLITUDE = (0.012, 0.8)
-EXPRESSION_AMPLITUDE = (0.008, 0.6)
+# Largest displacement (metres) of one unit of component k (`amplitudes`):
+# (a, b, b_designed): a * (k + 1) ** -b_designed over the designed components,
+# continued by a power law of exponent b over the random ones. The designed
+# identity components (proportions, nose, chin, eyes...) decay slowly, so
+# identity shows in what face recognition keys on; the random fields stay
+# small, as bumps many centimetres wide read as lumps, not as faces.
+SHAPE_AMPLITUDE = (0.012, 0.8, 0.6)
+EXPRESSION_AMPLITUDE = (0.008, 0.6, 0.6)
+
+
+def amplitudes(count: int, designed: int, amplitude) -> np.ndarray:
+    """(count,) float64 largest displacement of each component (metres)."""
+    a, b, b_designed = amplitude
+    k = np.arange(count) + 1.0
+    at_designed = a * designed ** -b_designed
+    return np.where(k <= designed, a * k ** -b_designed, at_designed * (k / designed) ** -b)
 
 
 def _bump(p, cx, cy, sx, sy):
@@ -140,9 +153,9 @@ def _random_fields(rng, p, normals, count, radius, region, max_bumps=4):
     return fields
 
 
-def _orthonormal_scaled(fields, amplitude, eyes_follow):
+def _orthonormal_scaled(fields, amplitude, designed, eyes_follow):
     """Orthonormalises fields in order and scales component k to a largest
-    displacement of amplitude[0] * (k + 1) ** -amplitude[1]. (V, 3, K)."""
+    displacement of `amplitudes(K, designed, amplitude)[k]`. (V, 3, K)."""
     mat = np.stack([eyes_follow(f).reshape(-1) for f in fields], axis=1)
     q, r = np.linalg.qr(mat)
     # A field (nearly) spanned by earlier ones would leave an arbitrary column.
@@ -153,8 +166,7 @@ def _orthonormal_scaled(fields, amplitude, eyes_follow):
     q = q * np.sign(np.diag(r))[None, :]  # keep each designed direction's sign
     dirs = q.reshape(-1, 3, len(fields))
     peak = np.max(np.linalg.norm(dirs, axis=1), axis=0)
-    k = np.arange(len(fields))
-    target = amplitude[0] * (k + 1.0) ** (-amplitude[1])
+    target = amplitudes(len(fields), designed, amplitude)
     return dirs * (target / peak)[None, None, :]
 
 
@@ -175,7 +187,8 @@ def make_bases(head: HeadMesh, normals: np.ndarray, rng: np.random.Generator):
     shape_random = _random_fields(
         rng, p, normals, NUM_SHAPE - len(shape_named),
         lambda k: 0.06 * (1.0 + k / 12.0) ** -0.3, skin_region)
-    shapedirs = _orthonormal_scaled(shape_named + shape_random, SHAPE_AMPLITUDE, eyes_follow)
+    shapedirs = _orthonormal_scaled(shape_named + shape_random, SHAPE_AMPLITUDE, len(shape_named),
+                                     eyes_follow)
 
     face_region = skin & (p[:, 2] > 0.02) & (p[:, 1] > -0.10) & (p[:, 1] < 0.065)
     expr_named = _named_expression_fields(p, normals, head.part == 1)
@@ -186,6 +199,6 @@ def make_bases(head: HeadMesh, normals: np.ndarray, rng: np.random.Generator):
     face_mask = (_front(p) * smoothstep(-0.13, -0.10, p[:, 1]) * smoothstep(0.08, 0.06, p[:, 1]))
     expr_fields = [f * face_mask[:, None] for f in expr_named + expr_random]
     # Eyeballs keep still under expression (FLAME's barely move them).
-    exprdirs = _orthonormal_scaled(expr_fields, EXPRESSION_AMPLITUDE,
+    exprdirs = _orthonormal_scaled(expr_fields, EXPRESSION_AMPLITUDE, len(expr_named),
                                    lambda f: f * skin[:, None])
     return shapedirs, exprdirs
