@@ -47,10 +47,10 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from face3d_jax.flame.forward import flame_forward  # noqa: E402
-from face3d_jax.flame.io import write_flame_files  # noqa: E402
-from face3d_jax.flame.procedural import default_model  # noqa: E402
 from face3d_eval.timing import interleaved_medians, peak_rss_mib  # noqa: E402
+from face3d_jax.flame.forward import flame_forward  # noqa: E402
+from face3d_jax.flame.procedural import default_model  # noqa: E402
+from face3d_jax.flame.writer import write_flame_files  # noqa: E402
 
 NUM_SHAPE, NUM_EXPR = 300, 100
 PARAM_NAMES = ("shape", "expression", "global_pose", "neck_pose", "jaw_pose", "eye_pose",

@@ -44,9 +44,9 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from face3d_eval.timing import interleaved_medians  # noqa: E402
 from face3d_jax.convert.dlib_dnn import face_recognition_models_file  # noqa: E402
 from face3d_jax.nets.dlib_resnet import MODEL_FILE, load_dlib_resnet  # noqa: E402
-from face3d_eval.timing import interleaved_medians  # noqa: E402
 
 MODES = ("forward", "fwd+bwd")
 
@@ -55,7 +55,7 @@ def astronaut_chips(batch: int, seed: int = 0) -> np.ndarray:
     """(batch, 150, 150, 3) uint8 aligned chips of a real face."""
     from skimage import data, transform
 
-    from face3d_jax.data.faces import FaceTools, face_chip
+    from face3d_jax.faces.detect import FaceTools, face_chip
 
     img = data.astronaut()
     views = [img, np.round(transform.rescale(img, 0.7, channel_axis=-1) * 255).astype(np.uint8),

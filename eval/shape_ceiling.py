@@ -8,14 +8,14 @@ E_shape learns shape from rendering losses whose only geometric target is the
 shading. This measures the ceiling of the geometric part in the teacher world:
 for G held-out identities, each seen in K views that share identity (shape,
 albedo) and differ in expression, pose, light and camera
-(`teacher_eval.identity_views`), it fits E_shape's own output codes
+(`teacher.identity_views`), it fits E_shape's own output codes
 (`models.decode_codes`: shape, expression, global and jaw pose, camera around
 the crop prior) to the true landmarks in crop units with the trainer's
 landmark loss, by Adam from the mean face:
   single  each view its own shape (what one image can tell);
   shared  one shape per identity for its K views (what the shape-centre loss,
           Eq. 4, lets a batch of K views tell).
-It prints the shape error (mm, neutral meshes, `teacher_eval.mesh_error_mm`,
+It prints the shape error (mm, neutral meshes, `metrics.mesh_error_mm`,
 aligned with scale as NoW does and without, and over NoW's face region as
 `eval/shape_error_now_mm`) of the mean face and of each fit,
 and the fits' landmark error in crop pixels. No peer: nothing is timed.
@@ -38,11 +38,12 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from face3d_jax import losses as L  # noqa: E402
+from face3d_jax import metrics  # noqa: E402
+from face3d_jax import teacher as tt  # noqa: E402
 from face3d_jax.data.dataset_sources import TeacherSource  # noqa: E402
 from face3d_jax.flame import flame_forward  # noqa: E402
 from face3d_jax.render import cameras  # noqa: E402
 from face3d_jax.render.renderer import WeakPerspectiveCamera  # noqa: E402
-from face3d_train import teacher_eval as te  # noqa: E402
 from face3d_train.configs import apply_overrides, load  # noqa: E402
 from face3d_train.data import generate_config  # noqa: E402
 from face3d_train.loop import load_model  # noqa: E402
@@ -121,18 +122,18 @@ def main(argv=None) -> None:
     model = load_model(config)
     teacher = TeacherSource(generate_config(config), model).world
     crop = int(config.data.generate.crop_size)
-    w = te.identity_views(teacher, jax.random.key(args.seed), args.identities, args.views)
-    held = te.held_out_from_w(teacher, w, crop)
+    w = tt.identity_views(teacher, jax.random.key(args.seed), args.identities, args.views)
+    held = tt.held_out_from_w(teacher, w, crop)
     layout = CodeLayout(int(config.model.num_shape), int(config.model.num_expression))
     truth = jnp.asarray(held.neutral)
 
-    face = te.now_face_mask(model, truth)
+    face = metrics.now_face_mask(model, truth)
 
     def errors(shape):
-        pred = te.neutral_vertices(model, shape)
-        return (float(jnp.mean(te.mesh_error_mm(pred, truth, scale=True))),
-                float(jnp.mean(te.mesh_error_mm(pred, truth))),
-                float(jnp.mean(te.mesh_error_mm(pred, truth, scale=True, mask=face))))
+        pred = metrics.neutral_vertices(model, shape)
+        return (float(jnp.mean(metrics.mesh_error_mm(pred, truth, scale=True))),
+                float(jnp.mean(metrics.mesh_error_mm(pred, truth))),
+                float(jnp.mean(metrics.mesh_error_mm(pred, truth, scale=True, mask=face))))
 
     print(f"teacher world of config {config.name!r}: {args.identities} identities x "
           f"{args.views} views, {crop}^2 crops, {layout.num_shape} shape coefficients")

@@ -11,7 +11,7 @@ its samples come with their true FLAME shape, so a supervised start can be
 measured here. Two read-outs are fitted, closed-form ridge on standardised
 inputs for each penalty, on S fresh teacher samples ("scans", rendered and
 cropped as the training set is; with `--views K`, S / K identities seen K ways
-as `teacher_eval.identity_views` draws them, like the dataset's edits):
+as `teacher.identity_views` draws them, like the dataset's edits):
   features   the encoder's frozen features (`ShapeEncoder.shape_features`:
              the pooled last stage for the linear head, the normalised ArcFace
              embedding for MICA's): the best linear head on this backbone;
@@ -19,7 +19,7 @@ as `teacher_eval.identity_views` draws them, like the dataset's edits):
              located every landmark exactly could tell, linearly, with 3D
              supervision (the landmark term is the rendering losses' only
              geometric target, Sec. 4.1).
-It prints the held-out shape error (`teacher_eval.mesh_error_mm`, neutral
+It prints the held-out shape error (`metrics.mesh_error_mm`, neutral
 meshes aligned with scale as `eval/shape_error_mm` aligns them; and over NoW's
 face region, `eval/shape_error_now_mm`) on samples drawn with
 `config.eval.seed`, the trainer's evaluation draw, against the mean face's.
@@ -43,8 +43,9 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from face3d_jax import metrics  # noqa: E402
+from face3d_jax import teacher as tt  # noqa: E402
 from face3d_jax.data.dataset_sources import TeacherSource  # noqa: E402
-from face3d_train import teacher_eval as te  # noqa: E402
 from face3d_train.configs import apply_overrides, load  # noqa: E402
 from face3d_train.data import generate_config  # noqa: E402
 from face3d_train.loop import load_model  # noqa: E402
@@ -85,12 +86,12 @@ def main(argv=None) -> None:
     teacher = TeacherSource(generate_config(config), model).world
     crop = int(config.data.generate.crop_size)
     if args.views == 1:
-        scans = te.make_held_out(teacher, jax.random.key(args.seed), args.scans, crop)
+        scans = tt.make_held_out(teacher, jax.random.key(args.seed), args.scans, crop)
     else:
-        w = te.identity_views(teacher, jax.random.key(args.seed), args.scans // args.views,
+        w = tt.identity_views(teacher, jax.random.key(args.seed), args.scans // args.views,
                               args.views)
-        scans = te.held_out_from_w(teacher, w, crop)
-    held = te.make_held_out(teacher, jax.random.key(int(config.eval.seed)), args.held, crop)
+        scans = tt.held_out_from_w(teacher, w, crop)
+    held = tt.make_held_out(teacher, jax.random.key(int(config.eval.seed)), args.held, crop)
     encoder = build_encoder(config.model, nnx.Rngs(int(config.seed)))
 
     @nnx.jit
@@ -106,12 +107,12 @@ def main(argv=None) -> None:
     k = min(num_shape, scans.shape.shape[1])
     y[:, :k] = scans.shape[:, :k]
     truth = jnp.asarray(held.neutral)
-    face = te.now_face_mask(model, truth)
+    face = metrics.now_face_mask(model, truth)
 
     def errors(shape) -> tuple[float, float]:
-        pred = te.neutral_vertices(model, jnp.asarray(shape, jnp.float32))
-        return (float(jnp.mean(te.mesh_error_mm(pred, truth, scale=True))),
-                float(jnp.mean(te.mesh_error_mm(pred, truth, scale=True, mask=face))))
+        pred = metrics.neutral_vertices(model, jnp.asarray(shape, jnp.float32))
+        return (float(jnp.mean(metrics.mesh_error_mm(pred, truth, scale=True))),
+                float(jnp.mean(metrics.mesh_error_mm(pred, truth, scale=True, mask=face))))
 
     def lmk(h):
         return np.asarray(h.landmarks, np.float64).reshape(len(h.landmarks), -1)

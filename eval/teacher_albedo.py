@@ -36,9 +36,9 @@ import numpy as np  # noqa: E402
 
 from face3d_jax import fitting  # noqa: E402
 from face3d_jax import texture as tex  # noqa: E402
-from face3d_jax.data.teacher import TeacherConfig, make_teacher, sample  # noqa: E402
 from face3d_jax.flame import default_model  # noqa: E402
 from face3d_jax.render.renderer import WeakPerspectiveCamera  # noqa: E402
+from face3d_jax.teacher import TeacherConfig, make_teacher, sample  # noqa: E402
 
 
 def psnr(a, b, mask, scaled=False):

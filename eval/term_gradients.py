@@ -5,7 +5,7 @@ its cosine with the direction to the true shape.
     python -m face3d_eval.term_gradients --config tiny --workdir runs/tiny
 
 For a researcher reweighing losses (Sec. 4.1, `losses.shape`): on G x K
-held-out samples (G identities seen K ways, `teacher_eval.identity_views`,
+held-out samples (G identities seen K ways, `teacher.identity_views`,
 batched as the trainer batches them, so the shape-centre term is defined), it
 takes the state at step 0 and at every checkpoint in WORKDIR/checkpoints, and
 for each weighted term t of the shape phase computes g_t = d(weight_t * t) /
@@ -34,8 +34,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from face3d_jax import teacher as tt  # noqa: E402
 from face3d_jax.data.dataset_sources import TeacherSource  # noqa: E402
-from face3d_train import teacher_eval as te  # noqa: E402
 from face3d_train import terms as T  # noqa: E402
 from face3d_train.checkpoint import Checkpointer  # noqa: E402
 from face3d_train.configs import apply_overrides, load  # noqa: E402
@@ -108,8 +108,8 @@ def main(argv=None) -> None:
     groups, views = trainer.setup.groups
     teacher = TeacherSource(generate_config(config), model).world
     seed = int(config.eval.seed) if args.seed is None else args.seed
-    w = te.identity_views(teacher, jax.random.key(seed), groups * args.batches, views)
-    held = te.held_out_from_w(teacher, w, int(config.data.generate.crop_size))
+    w = tt.identity_views(teacher, jax.random.key(seed), groups * args.batches, views)
+    held = tt.held_out_from_w(teacher, w, int(config.data.generate.crop_size))
     size, whole = groups * views, held_out_batch(held)
     batches = [{k: v[i:i + size] for k, v in whole.items()} for i in range(0, held.count, size)]
 

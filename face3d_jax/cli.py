@@ -71,19 +71,19 @@ def _sample(args):
 
 
 def _landmarks(args):
-    from face3d_jax.data.face_commands import write_landmarks
+    from face3d_jax.faces.commands import write_landmarks
 
     write_landmarks(args.images, args.out, draw=args.draw)
 
 
 def _embed(args):
-    from face3d_jax.data.face_commands import write_embeddings
+    from face3d_jax.faces.commands import write_embeddings
 
     write_embeddings(args.images, args.out, model_path=args.model)
 
 
 def _teacher(args):
-    from face3d_jax.data.teacher_commands import write_teacher_samples
+    from face3d_jax.teacher.commands import write_teacher_samples
 
     written = write_teacher_samples(
         args.out, num=args.num, resolution=args.resolution, seed=args.seed,

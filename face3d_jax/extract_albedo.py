@@ -36,7 +36,7 @@ def extract_albedo(image, landmarks, model, *, size: int = 512, crop_size: int =
       (`texture.PseudoAlbedo` of batch 1, `fitting.FitResult`, crop (S, S, 3)
       float32 in [0, 1]).
     """
-    from face3d_jax.data.faces import crop_matrix, transform_points, warp_crop
+    from face3d_jax.faces.crop import crop_matrix, transform_points, warp_crop
 
     if model.uv_coords is None or model.uv_faces is None:
         raise ValueError("extract-albedo: the face model has no UV layout (FLAME needs "
@@ -65,8 +65,8 @@ def write_albedo_files(image_path, out_dir, *, model_path=None, size: int = 512,
     """
     from PIL import Image
 
-    from face3d_jax.data.face_commands import read_rgb
-    from face3d_jax.data.faces import FaceTools
+    from face3d_jax.faces.commands import read_rgb
+    from face3d_jax.faces.detect import FaceTools
     from face3d_jax.flame import default_model
     from face3d_jax.flame.io import load
 

@@ -19,9 +19,11 @@ torch = pytest.importorskip("torch")
 from face3d_eval.torch_reference import stylegan2 as tref  # noqa: E402
 from face3d_jax.cli import main  # noqa: E402
 from face3d_jax.convert.stylegan2 import (  # noqa: E402
-    convert_rosinality, load_discriminator, load_generator,
+    convert_rosinality,
+    load_discriminator,
+    load_generator,
 )
-from face3d_jax.convert.torch_file import load_torch_file, materialize  # noqa: E402
+from face3d_jax.formats.torch_file import load_torch_file, materialize  # noqa: E402
 from face3d_jax.nets.stylegan2_sample import to_uint8  # noqa: E402
 
 RES, STYLE, N_MLP, CAP = 16, 32, 2, 16

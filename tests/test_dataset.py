@@ -14,13 +14,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from face3d_jax import teacher as tt
 from face3d_jax.data import boundaries as bd
 from face3d_jax.data import dataset as ds
-from face3d_jax.data import teacher as tt
 from face3d_jax.data.dataset_sources import TeacherSource
-from face3d_jax.data.faces import crop_matrix, warp_crop
 from face3d_jax.data.loader import make_loader, per_device
 from face3d_jax.data.tfds_builder import load_builder
+from face3d_jax.faces.crop import crop_matrix, warp_crop
 
 pytest.importorskip("tensorflow_datasets")
 pytest.importorskip("grain")

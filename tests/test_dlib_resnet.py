@@ -15,10 +15,13 @@ if importlib.util.find_spec("face_recognition_models") is None:
     pytest.skip("face-recognition-models is not installed (it ships dlib's network file)",
                 allow_module_level=True)
 
-from face3d_jax.convert.dlib_dnn import (  # noqa: E402
-    face_recognition_models_file, parse_dlib_net, read_dlib_net)
+from face3d_jax.convert.dlib_dnn import face_recognition_models_file, parse_dlib_net, read_dlib_net  # noqa: E402
 from face3d_jax.nets.dlib_resnet import (  # noqa: E402
-    MODEL_FILE, dlib_wrappers, load_dlib_resnet, mid_level_features)
+    MODEL_FILE,
+    dlib_wrappers,
+    load_dlib_resnet,
+    mid_level_features,
+)
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +108,7 @@ def _astronaut_views():
 
 def test_descriptor_matches_dlib_on_real_faces(model_path, forward):
     dlib = pytest.importorskip("dlib", reason="dlib (pip install dlib-bin) is the reference")
-    from face3d_jax.data.faces import FaceTools, face_chip
+    from face3d_jax.faces.detect import FaceTools, face_chip
 
     tools = FaceTools.load()
     rec = dlib.face_recognition_model_v1(str(model_path))

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from face3d_jax.data.faces import crop_matrix, transform_points, warp_crop
+from face3d_jax.faces.crop import crop_matrix, transform_points, warp_crop
 
 skimage = pytest.importorskip("skimage", reason="scikit-image provides the astronaut photo")
 from skimage import data, transform  # noqa: E402
@@ -21,7 +21,7 @@ def tools():
     pytest.importorskip("dlib", reason="dlib (pip install dlib-bin) runs the detector")
     if importlib.util.find_spec("face_recognition_models") is None:
         pytest.skip("face-recognition-models is not installed (dlib's model files)")
-    from face3d_jax.data.faces import FaceTools
+    from face3d_jax.faces.detect import FaceTools
 
     return FaceTools.load()
 
@@ -82,7 +82,7 @@ def test_landmarks_round_trip(astronaut, some_landmarks):
 def test_detect_landmarks_and_chip(astronaut, tools):
     import dlib
 
-    from face3d_jax.data.faces import face_chip
+    from face3d_jax.faces.detect import face_chip
 
     faces = tools.detect(astronaut)
     face = faces[0]

@@ -15,9 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.sparse
-
-from face3d_jax.flame import io, safe_pickle
 from flame_fixtures import tiny_model
+
+from face3d_jax import formats
+from face3d_jax.flame import io
+from face3d_jax.flame.files import ROOT_PARENT
+from face3d_jax.flame.writer import write_flame_files
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +40,7 @@ def model():
 @pytest.fixture
 def flame_dir(model, tmp_path):
     out = tmp_path / "flame"
-    io.write_flame_files(model, out)
+    write_flame_files(model, out)
     return out
 
 
@@ -50,7 +53,7 @@ def generic_dict(model, **overrides):
         "posedirs": np.asarray(model.posedirs, np.float64),
         "J_regressor": scipy.sparse.csc_matrix(np.asarray(model.J_regressor, np.float64)),
         "weights": np.asarray(model.weights, np.float64),
-        "kintree_table": np.array([[io.ROOT_PARENT, 0, 1, 1, 1], [0, 1, 2, 3, 4]], np.int64),
+        "kintree_table": np.array([[ROOT_PARENT, 0, 1, 1, 1], [0, 1, 2, 3, 4]], np.int64),
     }
     data.update(overrides)
     return {k: v for k, v in data.items() if v is not None}
@@ -195,7 +198,7 @@ def test_python2_style_pickle_loads():
             + _binstring("s") + b"c__builtin__\nset\n]K\x01a\x85R"
             + _binstring("c") + b"cchumpy.ch\nCh\n)\x81}" + _binstring("x") + b"h\x03sb"
             + b"u.")
-    out = safe_pickle.load_pickle(data, what="py2.pkl")
+    out = formats.load_pickle(data, what="py2.pkl")
     np.testing.assert_array_equal(out["x"], [1.5, -2.0])
     np.testing.assert_array_equal(out["c"], [1.5, -2.0])
     assert out["s"] == {1}
@@ -215,9 +218,10 @@ _WITHOUT_TORCH = """
 import sys
 sys.modules["torch"] = None  # any `import torch` now fails
 import numpy as np
-from face3d_jax.flame import io, safe_pickle
+from face3d_jax.flame import io
+from face3d_jax import formats
 deca = io.read_deca_landmark_embedding(sys.argv[1])
-extra = safe_pickle.load_npy(sys.argv[2])
+extra = formats.load_npy(sys.argv[2])
 assert sys.modules["torch"] is None
 extra = {"x_" + k: np.asarray(v, np.float32) if v.dtype.name == "bfloat16" else v
          for k, v in extra.items()}
@@ -281,7 +285,7 @@ def test_deca_embedding_folder_loads(model, flame_dir):
 def test_smplx_reads_written_files(model, tmp_path):
     torch = pytest.importorskip("torch")
     smplx = pytest.importorskip("smplx")
-    io.write_flame_files(model, tmp_path / "flame")
+    write_flame_files(model, tmp_path / "flame")
     # smplx.create(folder, model_type='flame') reads folder/flame/FLAME_NEUTRAL.pkl.
     flame = smplx.create(str(tmp_path), model_type="flame", use_face_contour=True,
                          num_expression_coeffs=100)
@@ -364,7 +368,7 @@ def test_pickle_that_runs_code_is_refused(tmp_path, monkeypatch, protocol):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "generic_model.pkl"
     path.write_bytes(pickle.dumps({"v_template": _RunsCode()}, protocol=protocol))
-    with pytest.raises(safe_pickle.UnsafePickleError) as info:
+    with pytest.raises(formats.UnsafePickleError) as info:
         io.read_generic_model(path)
     assert str(info.value) == (f"{path}: refusing to load '{os.system.__module__}.system' from a "
                                "pickle (only numpy/scipy/chumpy/torch-tensor data is allowed)")
@@ -374,8 +378,8 @@ def test_pickle_that_runs_code_is_refused(tmp_path, monkeypatch, protocol):
 @pytest.mark.parametrize("name", sorted(_CRAFTED))
 def test_crafted_pickles_are_refused(tmp_path, monkeypatch, name):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(safe_pickle.UnsafePickleError, match=f"refusing to load '{name}'"):
-        safe_pickle.load_pickle(_CRAFTED[name], what="crafted.pkl")
+    with pytest.raises(formats.UnsafePickleError, match=f"refusing to load '{name}'"):
+        formats.load_pickle(_CRAFTED[name], what="crafted.pkl")
     assert not (tmp_path / "marker").exists()
 
 
@@ -383,9 +387,9 @@ def test_ndarray_over_raw_bytes_is_refused():
     # np.ndarray((1,), object, buffer=...) would take object pointers from the file.
     data = (b"\x80\x02cnumpy\nndarray\nK\x01\x85cnumpy\ndtype\nX\x02\x00\x00\x00O8\x85R"
             b"C\x08AAAAAAAA\x87R.")
-    with pytest.raises(safe_pickle.UnsafePickleError, match="crafted.pkl: refusing to call "
+    with pytest.raises(formats.UnsafePickleError, match="crafted.pkl: refusing to call "
                                                             "numpy.ndarray"):
-        safe_pickle.load_pickle(data, what="crafted.pkl")
+        formats.load_pickle(data, what="crafted.pkl")
 
 
 def test_sparse_matrix_with_bad_indices_is_reported(tmp_path):
@@ -394,7 +398,7 @@ def test_sparse_matrix_with_bad_indices_is_reported(tmp_path):
     path = tmp_path / "m.pkl"
     path.write_bytes(pickle.dumps({"J_regressor": matrix}, protocol=2))
     with pytest.raises(ValueError, match=r"m\.pkl: cannot rebuild the sparse matrix"):
-        safe_pickle.load_pickle(path)
+        formats.load_pickle(path)
 
 
 def test_npy_that_runs_code_is_refused(tmp_path, monkeypatch):

@@ -26,9 +26,9 @@ import jax.numpy as jnp  # noqa: E402
 
 from face3d_jax.flame.forward import flame_forward  # noqa: E402
 from face3d_jax.flame.io import load as load_flame  # noqa: E402
-from face3d_jax.flame.io import write_flame_files  # noqa: E402
 from face3d_jax.flame.landmarks import yaw_bin  # noqa: E402
 from face3d_jax.flame.lbs import axis_angle_to_matrix  # noqa: E402
+from face3d_jax.flame.writer import write_flame_files  # noqa: E402
 
 NUM_SHAPE, NUM_EXPR = 300, 100
 BATCH = 16

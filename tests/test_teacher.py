@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from face3d_jax.data import teacher as tt
-from face3d_jax.data.teacher_commands import (labels_jit, mapping_jit, render_jit, scene_jit,
-                                              write_teacher_samples)
-from face3d_jax.data.teacher_uv import bake_uv, detail_normal_map, to_uv
+from face3d_jax import teacher as tt
 from face3d_jax.flame import flame_forward, vertex_normals
+from face3d_jax.flame.uv import bake_uv, detail_normal_map, to_uv
+from face3d_jax.teacher.commands import (labels_jit, mapping_jit, render_jit, scene_jit,
+                                         write_teacher_samples)
 
 CONFIG = tt.TeacherConfig(resolution=64, albedo_size=64, displacement_size=32,
                           calibration_samples=512)

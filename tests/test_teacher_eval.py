@@ -1,4 +1,4 @@
-"""Teacher-world evaluation (train/teacher_eval.py).
+"""Metrics (face3d_jax/metrics.py) and held-out teacher samples (face3d_jax/teacher/held_out.py).
 
 References: scipy's Kabsch (`Rotation.align_vectors`) and closed forms for the
 mesh error; FLAME's forward pass with explicit zeros; numpy's PSNR and PIL's
@@ -19,15 +19,15 @@ from PIL import Image
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from face3d_jax.data import teacher as tt
+from face3d_jax import metrics, teacher
+from face3d_jax import teacher as tt
 from face3d_jax.data.dataset import GenerateConfig
 from face3d_jax.data.dataset_sources import TeacherSource
-from face3d_jax.data.faces import crop_matrix, warp_crop
-from face3d_jax.data.teacher_scene import background_image
-from face3d_jax.data.teacher_uv import bake_uv, face_regions
-from face3d_jax.data.teacher_world import _read
+from face3d_jax.faces.crop import crop_matrix, warp_crop
 from face3d_jax.flame import flame_forward
-from face3d_train import teacher_eval as te
+from face3d_jax.flame.uv import bake_uv, face_regions
+from face3d_jax.teacher.params import readout
+from face3d_jax.teacher.scene import background_image
 
 CFG = GenerateConfig(resolution=64, teacher_albedo_size=32, teacher_calibration=256)
 COUNT, BATCH, CROP = 5, 4, 48
@@ -50,10 +50,10 @@ def test_rigid_align_recovers_a_rigid_motion(default_flame):
     rot = Rotation.random(3, random_state=1)
     shift = np.random.default_rng(2).uniform(-0.2, 0.2, (3, 1, 3))
     target = np.stack([rot[i].apply(src[i]) for i in range(3)]) + shift
-    aligned = np.asarray(te.rigid_align(jnp.asarray(src, jnp.float32),
+    aligned = np.asarray(metrics.rigid_align(jnp.asarray(src, jnp.float32),
                                         jnp.asarray(target, jnp.float32)))
     assert np.abs(aligned - target).max() < 1e-4  # metres
-    err = np.asarray(te.mesh_error_mm(src, target))
+    err = np.asarray(metrics.mesh_error_mm(src, target))
     assert err.shape == (3,) and np.all(err < 0.05)
 
 
@@ -62,8 +62,8 @@ def test_rigid_align_matches_scipy_kabsch_and_never_reflects(default_flame):
     rng = np.random.default_rng(4)
     target = _mesh(default_flame, 2, 5) + 0.003 * rng.standard_normal(src.shape)
     target[1, :, 0] *= -1.0  # a mirror image: the best proper rotation, not the reflection
-    aligned = np.asarray(te.rigid_align(src, target))
-    err = np.asarray(te.mesh_error_mm(src, target))
+    aligned = np.asarray(metrics.rigid_align(src, target))
+    err = np.asarray(metrics.mesh_error_mm(src, target))
     for i in range(2):
         xs, xt = src[i] - src[i].mean(0), target[i] - target[i].mean(0)
         rot, _ = Rotation.align_vectors(xt, xs)  # proper rotation taking xs onto xt
@@ -86,7 +86,7 @@ def test_mesh_error_of_a_scaled_copy_is_closed_form(default_flame):
     scaled = centre + (1.0 + e) * (truth - centre)
     pred = np.stack([rot[i].apply(scaled[i]) for i in range(2)]) + np.array([0.05, -0.1, 0.3])
     expected = 1000.0 * e[:, 0, 0] * np.linalg.norm(truth - centre, axis=-1).mean(1)
-    np.testing.assert_allclose(np.asarray(te.mesh_error_mm(pred, truth)), expected, rtol=1e-3)
+    np.testing.assert_allclose(np.asarray(metrics.mesh_error_mm(pred, truth)), expected, rtol=1e-3)
 
 
 def test_scaled_alignment_undoes_a_similarity_and_matches_least_squares(default_flame):
@@ -95,13 +95,13 @@ def test_scaled_alignment_undoes_a_similarity_and_matches_least_squares(default_
     rot = Rotation.from_rotvec([[0.3, -0.2, 0.5], [-1.0, 0.4, 0.1]])
     scaled = centre + np.array([0.9, 1.07])[:, None, None] * (truth - centre)
     pred = np.stack([rot[i].apply(scaled[i]) for i in range(2)]) + np.array([0.05, -0.1, 0.3])
-    assert np.all(np.asarray(te.mesh_error_mm(pred, truth, scale=True)) < 1e-3)
-    assert np.all(np.asarray(te.mesh_error_mm(pred, truth)) > 1.0)
+    assert np.all(np.asarray(metrics.mesh_error_mm(pred, truth, scale=True)) < 1e-3)
+    assert np.all(np.asarray(metrics.mesh_error_mm(pred, truth)) > 1.0)
     # With noise: for the best rotation (scipy), the least-squares scale is
     # <R xs, xt> / |xs|^2; the aligned points and the error match it.
     noisy = truth + 0.002 * np.random.default_rng(8).standard_normal(truth.shape)
-    aligned = np.asarray(te.rigid_align(pred, noisy, scale=True))
-    err = np.asarray(te.mesh_error_mm(pred, noisy, scale=True))
+    aligned = np.asarray(metrics.rigid_align(pred, noisy, scale=True))
+    err = np.asarray(metrics.mesh_error_mm(pred, noisy, scale=True))
     for i in range(2):
         xs, xt = pred[i] - pred[i].mean(0), noisy[i] - noisy[i].mean(0)
         r, _ = Rotation.align_vectors(xt, xs)
@@ -110,23 +110,23 @@ def test_scaled_alignment_undoes_a_similarity_and_matches_least_squares(default_
         assert np.abs(aligned[i] - ref).max() < 2e-5
         assert err[i] == pytest.approx(1000.0 * np.linalg.norm(ref - noisy[i], axis=1).mean(),
                                        rel=1e-4)
-        assert err[i] < np.asarray(te.mesh_error_mm(pred, noisy))[i]
+        assert err[i] < np.asarray(metrics.mesh_error_mm(pred, noisy))[i]
 
 
 def test_mesh_error_rejects_mismatched_meshes():
     with pytest.raises(ValueError, match="rigid_align"):
-        te.mesh_error_mm(np.zeros((2, 10, 3)), np.zeros((2, 11, 3)))
+        metrics.mesh_error_mm(np.zeros((2, 10, 3)), np.zeros((2, 11, 3)))
 
 
 def _neutral_meshes(default_flame, batch, seed):
     """(batch, V, 3) float32 neutral FLAME meshes of random shapes."""
     shape = np.random.default_rng(seed).standard_normal((batch, 20)).astype(np.float32)
-    return np.asarray(te.neutral_vertices(default_flame, shape))
+    return np.asarray(metrics.neutral_vertices(default_flame, shape))
 
 
 def test_now_face_mask_is_nows_sphere(default_flame):
     verts = _neutral_meshes(default_flame, 2, 11)
-    got = np.asarray(te.now_face_mask(default_flame, verts))
+    got = np.asarray(metrics.now_face_mask(default_flame, verts))
     # NoW's compute_mask on its 7 points, placed here by hand from the
     # static embedding (row i holds iBUG landmark 17 + i).
     tri = np.asarray(default_flame.faces)[np.asarray(default_flame.static_lmk_faces_idx)]
@@ -150,16 +150,16 @@ def test_now_face_mask_is_nows_sphere(default_flame):
         assert not got[b][np.argmin(verts[b, :, 2])]
         assert 0.1 < got[b].mean() < 0.5
     with pytest.raises(ValueError, match="now_face_mask"):
-        te.now_face_mask(default_flame, verts[:, :10])
+        metrics.now_face_mask(default_flame, verts[:, :10])
 
 
 def test_masked_mesh_error_aligns_and_scores_the_masked_vertices(default_flame):
     truth = _neutral_meshes(default_flame, 2, 12).astype(np.float64)
-    mask = np.asarray(te.now_face_mask(default_flame, truth))
+    mask = np.asarray(metrics.now_face_mask(default_flame, truth))
     rot = Rotation.from_rotvec([[0.2, 0.1, -0.3], [-0.4, 0.2, 0.1]])
     noise = 0.003 * np.random.default_rng(13).standard_normal(truth.shape)
     pred = np.stack([1.1 * rot[i].apply(truth[i] + noise[i]) for i in range(2)]) + 0.02
-    got = np.asarray(te.mesh_error_mm(pred, truth, scale=True, mask=mask))
+    got = np.asarray(metrics.mesh_error_mm(pred, truth, scale=True, mask=mask))
     for i in range(2):
         # Umeyama on the masked vertices alone (scipy's rotation), scored there.
         ps, pt = pred[i][mask[i]], truth[i][mask[i]]
@@ -171,17 +171,17 @@ def test_masked_mesh_error_aligns_and_scores_the_masked_vertices(default_flame):
     # Vertices outside the mask change neither the alignment nor the score.
     moved = pred.copy()
     moved[~mask] += 0.05
-    np.testing.assert_allclose(np.asarray(te.mesh_error_mm(moved, truth, scale=True, mask=mask)),
+    np.testing.assert_allclose(np.asarray(metrics.mesh_error_mm(moved, truth, scale=True, mask=mask)),
                                got, rtol=1e-5)
-    assert np.all(np.asarray(te.mesh_error_mm(moved, truth, scale=True))
-                  > np.asarray(te.mesh_error_mm(pred, truth, scale=True)))
+    assert np.all(np.asarray(metrics.mesh_error_mm(moved, truth, scale=True))
+                  > np.asarray(metrics.mesh_error_mm(pred, truth, scale=True)))
     with pytest.raises(ValueError, match="mask has shape"):
-        te.mesh_error_mm(pred, truth, mask=mask[:, :10])
+        metrics.mesh_error_mm(pred, truth, mask=mask[:, :10])
 
 
 def test_neutral_vertices_is_flame_with_zeros(default_flame):
     shape = np.random.default_rng(7).standard_normal((2, 30)).astype(np.float32)
-    got = np.asarray(jax.jit(te.neutral_vertices)(default_flame, shape))
+    got = np.asarray(jax.jit(metrics.neutral_vertices)(default_flame, shape))
     full = np.zeros((2, default_flame.num_shape), np.float32)
     full[:, :30] = shape
     z = lambda n: np.zeros((2, n), np.float32)  # noqa: E731
@@ -189,7 +189,7 @@ def test_neutral_vertices_is_flame_with_zeros(default_flame):
                                  z(3), z(3), z(6)).vertices
     np.testing.assert_allclose(got, np.asarray(ref), atol=1e-6)
     with pytest.raises(ValueError, match="neutral_vertices"):
-        te.neutral_vertices(default_flame, np.zeros((1, default_flame.num_shape + 1)))
+        metrics.neutral_vertices(default_flame, np.zeros((1, default_flame.num_shape + 1)))
 
 
 # ---------------------------------------------------------------- albedo
@@ -207,11 +207,11 @@ def test_albedo_psnr_matches_numpy():
                                       truth.shape), 0, 1).astype(np.float32)
     mask = rng.random((32, 32)) < 0.3
     pred[:, ~mask] = 0.0  # texels outside the mask do not count
-    got = np.asarray(jax.jit(te.albedo_psnr)(pred, truth, mask))
+    got = np.asarray(jax.jit(metrics.albedo_psnr)(pred, truth, mask))
     np.testing.assert_allclose(got, _np_psnr(pred, truth, mask), rtol=1e-5)
     assert got[0] > got[1] > got[2]
     # Identical maps read the floor's 120 dB, not inf.
-    assert np.asarray(te.albedo_psnr(truth, truth, mask)) == pytest.approx(120.0)
+    assert np.asarray(metrics.albedo_psnr(truth, truth, mask)) == pytest.approx(120.0)
 
 
 @pytest.mark.parametrize("size", [16, 64])
@@ -225,13 +225,13 @@ def test_albedo_psnr_resizes_pred_bilinearly(size):
     resized = np.stack([np.stack([np.asarray(Image.fromarray(pred[b, ..., c], mode="F")
                                              .resize((32, 32), Image.BILINEAR))
                                   for c in range(3)], -1) for b in range(2)])
-    np.testing.assert_allclose(np.asarray(te.albedo_psnr(pred, truth, mask)),
+    np.testing.assert_allclose(np.asarray(metrics.albedo_psnr(pred, truth, mask)),
                                _np_psnr(resized, truth, mask), rtol=1e-5)
 
 
 def test_albedo_psnr_rejects_a_wrong_mask():
     with pytest.raises(ValueError, match="mask"):
-        te.albedo_psnr(np.zeros((1, 8, 8, 3)), np.zeros((1, 8, 8, 3)), np.ones((4, 4), bool))
+        metrics.albedo_psnr(np.zeros((1, 8, 8, 3)), np.zeros((1, 8, 8, 3)), np.ones((4, 4), bool))
 
 
 def test_uv_layout_is_mirror_symmetric(default_flame):
@@ -248,7 +248,7 @@ def test_uv_layout_is_mirror_symmetric(default_flame):
 
 def test_face_uv_mask_covers_the_face_only(default_flame):
     size = 64
-    mask = te.face_uv_mask(default_flame, size)
+    mask = metrics.face_uv_mask(default_flame, size)
     assert mask.shape == (size, size) and mask.dtype == bool
     assert 0.1 < mask.mean() < 0.45
     assert (mask != mask[:, ::-1]).sum() <= 0.03 * mask.sum()
@@ -282,7 +282,7 @@ def source(default_flame):
 
 @pytest.fixture(scope="module")
 def held(source):
-    return te.make_held_out(source.world, jax.random.key(11), COUNT, CROP, batch=BATCH)
+    return teacher.make_held_out(source.world, jax.random.key(11), COUNT, CROP, batch=BATCH)
 
 
 def test_held_out_shapes_and_truth(source, held, default_flame):
@@ -356,7 +356,7 @@ def test_held_out_landmarks_sit_on_the_face_in_the_crop(source, held):
         np.testing.assert_allclose(back, truth[i], atol=2e-3)
     # On the face: at the inner landmarks (brows to mouth) the crop shows the
     # head, not the teacher's background (a known function of w) warped alike.
-    bg = background_image(_read(source.world, jnp.asarray(held.w), "background"),
+    bg = background_image(readout(source.world, jnp.asarray(held.w), "background"),
                           source.world.config.resolution)
     bg_crop = np.asarray(jax.vmap(lambda im, m: warp_crop(im, m, CROP))(bg, held.crop_matrix))
     for i in range(COUNT):
@@ -367,14 +367,14 @@ def test_held_out_landmarks_sit_on_the_face_in_the_crop(source, held):
 
 def test_make_held_out_rejects_bad_counts(source):
     with pytest.raises(ValueError, match="count"):
-        te.make_held_out(source.world, jax.random.key(0), 0, CROP)
+        teacher.make_held_out(source.world, jax.random.key(0), 0, CROP)
     with pytest.raises(ValueError, match="held_out_from_w"):
-        te.held_out_from_w(source.world, np.zeros((0, 18, 512), np.float32), CROP)
+        teacher.held_out_from_w(source.world, np.zeros((0, 18, 512), np.float32), CROP)
 
 
 def test_identity_views_share_shape_and_albedo_and_vary_the_rest(source):
     world = source.world
-    w = te.identity_views(world, jax.random.key(3), groups=3, views=2)
+    w = teacher.identity_views(world, jax.random.key(3), groups=3, views=2)
     assert w.shape == (6, world.config.n_latent, world.config.style_dim)
     parts = jax.jit(lambda t, w: (lambda s: (s.shape, s.albedo, s.expression, s.global_pose))(
         tt.scene(t, w)))(world, jnp.asarray(w))

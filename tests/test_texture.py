@@ -128,8 +128,8 @@ def test_pseudo_ground_truth_albedo_of_a_rendered_face(default_flame, uvr):
 def test_extract_albedo_from_a_real_photograph(tmp_path):
     # skimage's astronaut: dlib's landmarks, the landmark fit, the extraction.
     skimage_data = pytest.importorskip("skimage.data")
-    from face3d_jax.data.faces import FaceTools
     from face3d_jax.extract_albedo import extract_albedo
+    from face3d_jax.faces.detect import FaceTools
     from face3d_jax.flame import default_model
 
     image = skimage_data.astronaut()
@@ -137,7 +137,7 @@ def test_extract_albedo_from_a_real_photograph(tmp_path):
     model = default_model()
     result, fit, crop = extract_albedo(image, face.landmarks, model, size=64, crop_size=192,
                                        fit_steps=150)
-    from face3d_jax.data.faces import crop_matrix, transform_points
+    from face3d_jax.faces.crop import crop_matrix, transform_points
     target = transform_points(face.landmarks, crop_matrix(face.landmarks, 192)) + 0.5
     assert np.linalg.norm(np.asarray(fit.landmarks2d[0]) - target, axis=-1).mean() < 4.0
     albedo = np.asarray(result.albedo[0])

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from train_fixtures import micro_config, write_dataset
 
+from face3d_jax import metrics
 from face3d_jax.flame import flame_forward
-from face3d_train import teacher_eval as te
 from face3d_train.evaluation import HeldOutEval
 from face3d_train.loop import Trainer, load_model, make_mesh
 
@@ -40,12 +40,12 @@ def test_step_zero_scores_the_mean_face(run):
     n, crop = truth.count, truth.crop.shape[1]
     mean = _mean_face(trainer.model, n)
 
-    want_shape = np.mean(np.asarray(te.mesh_error_mm(mean.vertices, truth.neutral, scale=True)))
+    want_shape = np.mean(np.asarray(metrics.mesh_error_mm(mean.vertices, truth.neutral, scale=True)))
     np.testing.assert_allclose(got["eval/shape_error_mm"], want_shape, rtol=1e-4)
-    want_metric = np.mean(np.asarray(te.mesh_error_mm(mean.vertices, truth.neutral)))
+    want_metric = np.mean(np.asarray(metrics.mesh_error_mm(mean.vertices, truth.neutral)))
     np.testing.assert_allclose(got["eval/shape_error_metric_mm"], want_metric, rtol=1e-4)
-    face = te.now_face_mask(trainer.model, truth.neutral)
-    want_now = np.mean(np.asarray(te.mesh_error_mm(mean.vertices, truth.neutral, scale=True,
+    face = metrics.now_face_mask(trainer.model, truth.neutral)
+    want_now = np.mean(np.asarray(metrics.mesh_error_mm(mean.vertices, truth.neutral, scale=True,
                                                    mask=face)))
     np.testing.assert_allclose(got["eval/shape_error_now_mm"], want_now, rtol=1e-4)
     assert want_now != pytest.approx(want_shape, rel=1e-2)  # the region is not the head

@@ -27,8 +27,8 @@ import jax
 import numpy as np
 
 from face3d_jax.data import dataset as ds
-from face3d_jax.data.faces import crop_matrix, transform_points
 from face3d_jax.data.loader import make_loader
+from face3d_jax.faces.crop import crop_matrix, transform_points
 
 
 def generate_config(config) -> ds.GenerateConfig:

@@ -5,10 +5,10 @@ Metrics (written to metrics.jsonl and TensorBoard under eval/):
   shape_error_mm  mean per-vertex distance (mm) between the neutral mesh of the
                   predicted shape code and that of the true code, after
                   alignment by rotation, translation and scale (NoW's protocol:
-                  the crop hides head size; teacher_eval's docstring)
+                  the crop hides head size; metrics.py)
   shape_error_metric_mm   the same without the scale (a wrong head size counts)
   shape_error_now_mm      shape_error_mm over NoW's face region only
-                  (`teacher_eval.now_face_mask` of the true mesh), aligned
+                  (`metrics.now_face_mask` of the true mesh), aligned
                   on it: what the NoW benchmark (the paper's Table 1) scores
   albedo_psnr     PSNR (dB) of G_Ab's EMA albedo against the teacher's albedo
                   over the face region of the UV layout
@@ -39,8 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from face3d_jax import losses as L
+from face3d_jax import metrics, teacher
 from face3d_jax.data.dataset_sources import TeacherSource
-from face3d_train import teacher_eval as te
 from face3d_train import terms as T
 from face3d_train.data import generate_config
 from face3d_train.step import Nets, context
@@ -49,8 +49,8 @@ log = logging.getLogger(__name__)
 _RENDER_TERMS = ("identity", "perceptual", "landmark")
 
 
-def held_out_batch(held: te.HeldOut) -> dict[str, jax.Array]:
-    """A `teacher_eval.HeldOut` as the trainer's batch: crop, landmarks, albedo
+def held_out_batch(held: teacher.HeldOut) -> dict[str, jax.Array]:
+    """A `teacher.HeldOut` as the trainer's batch: crop, landmarks, albedo
     and w (float32 arrays, N first), what `step.context` reads."""
     return dict(crop=jnp.asarray(held.crop), landmarks=jnp.asarray(held.landmarks),
                 albedo=jnp.asarray(held.albedo), w=jnp.asarray(held.w))
@@ -77,11 +77,11 @@ class HeldOutEval:
             return
         if teacher is None:
             teacher = TeacherSource(generate_config(config), trainer.model).world
-        self.held = te.make_held_out(teacher, jax.random.key(int(config.eval.seed)),
+        self.held = teacher.make_held_out(teacher, jax.random.key(int(config.eval.seed)),
                                      int(config.eval.identities), int(gen.crop_size))
-        self.face_mask = te.face_uv_mask(trainer.model, int(self.held.albedo.shape[1]))
+        self.face_mask = metrics.face_uv_mask(trainer.model, int(self.held.albedo.shape[1]))
         # NoW's crop of each held-out truth: fixed, so computed once.
-        self.now_mask = te.now_face_mask(trainer.model, self.held.neutral)
+        self.now_mask = metrics.now_face_mask(trainer.model, self.held.neutral)
         weights = self.setup.weights["shape"]
         self.render_weights = {n: weights.get(n, 0.0) for n in _RENDER_TERMS}
         self._eval = jax.jit(self._metrics)
@@ -95,15 +95,15 @@ class HeldOutEval:
 
     def _metrics(self, state, batch, neutral, albedo_true, face_mask, now_mask):
         ctx = self._outputs(state, batch)
-        pred = te.neutral_vertices(self.setup.model, ctx.codes["shape"])
+        pred = metrics.neutral_vertices(self.setup.model, ctx.codes["shape"])
         r = ctx.render
         values = {n: T.TERMS[n](ctx) for n in _RENDER_TERMS}
         out = {
-            "shape_error_mm": jnp.mean(te.mesh_error_mm(pred, neutral, scale=True)),
-            "shape_error_metric_mm": jnp.mean(te.mesh_error_mm(pred, neutral)),
-            "shape_error_now_mm": jnp.mean(te.mesh_error_mm(
+            "shape_error_mm": jnp.mean(metrics.mesh_error_mm(pred, neutral, scale=True)),
+            "shape_error_metric_mm": jnp.mean(metrics.mesh_error_mm(pred, neutral)),
+            "shape_error_now_mm": jnp.mean(metrics.mesh_error_mm(
                 pred, neutral, scale=True, mask=now_mask)),
-            "albedo_psnr": jnp.mean(te.albedo_psnr(ctx.albedo, albedo_true, face_mask)),
+            "albedo_psnr": jnp.mean(metrics.albedo_psnr(ctx.albedo, albedo_true, face_mask)),
             "landmark_px": jnp.mean(jnp.linalg.norm(r.landmarks2d - batch["landmarks"], axis=-1)),
             "camera_scale": jnp.mean(ctx.codes["camera"][:, 0]) / self.setup.camera_prior[0],
             "photometric": L.masked_mse(r.image, batch["crop"], r.mask),

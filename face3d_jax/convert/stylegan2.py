@@ -35,10 +35,9 @@ import jax
 import numpy as np
 from flax import nnx
 
-from face3d_jax.convert.stylegan2_keys import (
-    discriminator_buffers, discriminator_table, generator_buffers, generator_table,
-    infer_config, shape_of,
-)
+from face3d_jax.convert.stylegan2_keys import (discriminator_buffers, discriminator_table,
+                                               generator_buffers, generator_table, infer_config,
+                                               shape_of)
 from face3d_jax.nets.stylegan2 import Discriminator, Generator, StyleGAN2Config, count_params
 
 CONFIG_FILE = "stylegan2.json"
@@ -145,7 +144,7 @@ def read_checkpoint(path: str | os.PathLike, reader: str = "auto") -> dict[str, 
             reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:160]
             raise ValueError(f"{origin}: cannot load with torch.load ({reason})") from None
     elif reader in ("auto", "restricted"):
-        from face3d_jax.convert.torch_file import load_torch_file
+        from face3d_jax.formats.torch_file import load_torch_file
 
         root = load_torch_file(origin)
     else:

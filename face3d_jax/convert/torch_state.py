@@ -4,7 +4,7 @@ and fill an abstract NNX module from it with every shape checked.
 Torch files are read with `torch.load(..., weights_only=True)` (torch's own
 restricted unpickler, which rebuilds tensors and plain containers and refuses
 any other object) or, without torch, with the project's restricted reader
-`face3d_jax.convert.torch_file`: either way no code from the file runs.
+`face3d_jax.formats.torch_file`: either way no code from the file runs.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def read_torch_file(path: str | os.PathLike, what: str, reader: str = "auto") ->
     """The object saved in a torch file (.pt/.pth/.tar of torch.save).
 
     reader: "torch" (torch.load(weights_only=True): tensors as torch tensors),
-    "restricted" (the project's torch-free reader `face3d_jax.convert.torch_file`:
+    "restricted" (the project's torch-free reader `face3d_jax.formats.torch_file`:
     tensors as DeferredTensor, read on demand) or "auto" (torch when installed,
     else restricted). Raises FileNotFoundError (no file) or ValueError (not a
     torch file, or it holds objects other than tensors and containers), each with
@@ -43,7 +43,7 @@ def read_torch_file(path: str | os.PathLike, what: str, reader: str = "auto") ->
                 raise RuntimeError(f"{what}: reading {path} with reader='torch' needs PyTorch "
                                    f"(pip install 'face3d-jax[torch]'): {exc}") from None
     if torch is None:
-        from face3d_jax.convert.torch_file import load_torch_file
+        from face3d_jax.formats.torch_file import load_torch_file
 
         try:
             return load_torch_file(path)

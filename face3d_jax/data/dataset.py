@@ -51,12 +51,8 @@ import numpy as np
 
 from face3d_jax.data import boundaries as bd
 from face3d_jax.data import tfds_builder
-from face3d_jax.data.dataset_sources import (
-    StyleGAN2Source,
-    TeacherSource,
-    detect_landmarks,
-    farthest_points,
-)
+from face3d_jax.data.dataset_sources import (StyleGAN2Source, TeacherSource, detect_landmarks,
+                                             farthest_points)
 
 _SOURCES = ("teacher", "stylegan2")
 _MODES = ("auto", "detected", "truth")
@@ -166,7 +162,7 @@ def _albedo_fn(cfg: GenerateConfig, model):
     """The jitted per-batch chain: 224 crop, fit crop, landmark fit, pseudo-GT albedo."""
     from face3d_jax import fitting
     from face3d_jax import texture as tex
-    from face3d_jax.data.faces import warp_crop
+    from face3d_jax.faces.crop import warp_crop
     from face3d_jax.render.renderer import WeakPerspectiveCamera
 
     if model.uv_coords is None or model.uv_faces is None:
@@ -203,7 +199,7 @@ def _boundaries(cfg: GenerateConfig, source, key, work: Path) -> dict:
         labels = source.labels(w, None)
     else:
         # No labels for StyleGAN2: render the codes and score their landmarks.
-        from face3d_jax.data.faces import FaceTools
+        from face3d_jax.faces.detect import FaceTools
 
         tools, lmk = FaceTools.load(), []
         for idx, real in _padded_batches(len(w), cfg.batch):
@@ -241,7 +237,7 @@ def _shard_codes(cfg: GenerateConfig, source, key, shard: int, ids: np.ndarray, 
 def _make_shard(cfg, source, tools, albedo_fn, key, shard, ids, normals, ref, timing):
     """Generates one shard: a dict of stacked arrays (the npz's contents), and
     the counts (skipped, not detected)."""
-    from face3d_jax.data.faces import crop_matrix, transform_points
+    from face3d_jax.faces.crop import crop_matrix, transform_points
 
     w = _shard_codes(cfg, source, key, shard, ids, normals, ref)
     t0 = time.perf_counter()
@@ -312,7 +308,7 @@ def generate(cfg: GenerateConfig, out_dir, *, progress: bool = True,
     """
     from tqdm import tqdm
 
-    from face3d_jax.data.faces import FaceTools
+    from face3d_jax.faces.detect import FaceTools
     from face3d_jax.flame import default_model
     from face3d_jax.flame.io import load
 

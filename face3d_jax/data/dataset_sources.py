@@ -38,7 +38,7 @@ class TeacherSource(_Cache):
     """The teacher world as an image source."""
 
     def __init__(self, cfg: GenerateConfig, model):
-        from face3d_jax.data import teacher as tt
+        from face3d_jax import teacher as tt
 
         self.world = tt.make_teacher(
             jax.random.key(cfg.teacher_seed), model,

@@ -7,11 +7,13 @@
 
 from face3d_jax.flame.forward import FlameOutput, flame_forward
 from face3d_jax.flame.geometry import displace, sample_uv_map, vertex_normals
-from face3d_jax.flame.io import load, save_npz, write_flame_files
+from face3d_jax.flame.io import load, save_npz
 from face3d_jax.flame.model import FlameModel, validate
 from face3d_jax.flame.procedural import default_model
+from face3d_jax.flame.sampling import sample_parameters
+from face3d_jax.flame.writer import write_flame_files
 
 __all__ = [
     "FlameModel", "FlameOutput", "default_model", "displace", "flame_forward", "load",
-    "sample_uv_map", "save_npz", "validate", "vertex_normals", "write_flame_files",
+    "sample_parameters", "sample_uv_map", "save_npz", "validate", "vertex_normals", "write_flame_files",
 ]

@@ -8,8 +8,8 @@ FLAME's files come from several hands:
   head_template.obj (DECA) or FLAME_texture.npz: the UV layout.
 `load` turns any of these, or our own npz, into a validated `FlameModel`;
 `import_flame` converts them once into one npz plus a manifest;
-`write_flame_files` (from `writer`, re-exported here) writes FLAME's own
-formats back (smplx reads them). Every pickle goes through `safe_pickle`: no
+`writer.write_flame_files` writes FLAME's own
+formats back (smplx reads them). Every pickle goes through `face3d_jax.formats`: no
 code from a file runs.
 """
 
@@ -24,23 +24,18 @@ from pathlib import Path
 
 import numpy as np
 
-from face3d_jax.flame import safe_pickle
-from face3d_jax.flame.model import (
-    NUM_CONTOUR_LANDMARKS, NUM_JOINTS, NUM_POSE_FEATURES,
-    NUM_STATIC_LANDMARKS, NUM_YAW_BINS, FlameModel, validate, vertex_uv_from_faces)
-# Re-exported: the CLI, the tests and the package import it from here.
-from face3d_jax.flame.writer import write_flame_files  # noqa: F401
+from face3d_jax import formats
+from face3d_jax.flame.files import (DECA_NAME, DYNAMIC_NAME, NUM_SHAPE, ROOT_PARENT, STATIC_NAME,
+                                    UV_NAMES)
+from face3d_jax.flame.model import (NUM_CONTOUR_LANDMARKS, NUM_JOINTS, NUM_POSE_FEATURES,
+                                    NUM_STATIC_LANDMARKS, NUM_YAW_BINS, FlameModel, validate,
+                                    vertex_uv_from_faces)
+from face3d_jax.formats.unpickler import shown as printable
 
 FORMAT_TAG = "face3d-jax-flame/1"
 NPZ_NAME = "flame_model.npz"
 MANIFEST_NAME = "manifest.json"
 MODEL_NAMES = (NPZ_NAME, "generic_model.pkl", "FLAME_NEUTRAL.pkl", "flame2023.pkl")
-STATIC_NAME = "flame_static_embedding.pkl"
-DYNAMIC_NAME = "flame_dynamic_embedding.npy"
-DECA_NAME = "landmark_embedding.npy"
-UV_NAMES = ("head_template.obj", "FLAME_texture.npz")
-NUM_SHAPE, NUM_EXPRESSION = 300, 100  # FLAME's 400 shapedirs components
-ROOT_PARENT = 0xFFFFFFFF  # uint32(-1): FLAME's kintree_table "no parent"
 ARRAY_FIELDS = tuple(f.name for f in dataclasses.fields(FlameModel)
                      if f.name not in ("parents", "source"))
 _MODEL_HINT = "is this a FLAME generic_model.pkl?"
@@ -65,7 +60,7 @@ def _array(data: dict, key: str, want: tuple, dims: dict, dtype, origin: str,
     if key not in data:
         raise ValueError(f"{origin}: missing array '{key}' ({hint})")
     value = data[key]
-    if isinstance(value, safe_pickle.ChumpyStub):
+    if isinstance(value, formats.ChumpyStub):
         raise ValueError(f"{origin}: array '{key}' is a chumpy expression ({value.qualname}) "
                          "without stored values")
     try:
@@ -114,7 +109,7 @@ def read_generic_model(path: str | os.PathLike) -> dict[str, np.ndarray]:
       stored (4294967295 or -1).
     """
     path = Path(path)
-    data = _load_dict(path, safe_pickle.load_pickle, _MODEL_HINT)
+    data = _load_dict(path, formats.load_pickle, _MODEL_HINT)
     origin, dims, f64 = str(path), {}, np.float64
     spec = (("v_template", ("V", 3), f64), ("f", ("F", 3), np.int64),
             ("shapedirs", ("V", 3, "K"), f64), ("posedirs", ("V", 3, NUM_POSE_FEATURES), f64),
@@ -132,7 +127,7 @@ def read_static_embedding(path: str | os.PathLike) -> dict[str, np.ndarray]:
     Returns: static_lmk_faces_idx (51,) int64; static_lmk_bary_coords (51, 3) float64.
     """
     path, hint = Path(path), "is this FLAME's flame_static_embedding.pkl?"
-    data = _load_dict(path, safe_pickle.load_pickle, hint)
+    data = _load_dict(path, formats.load_pickle, hint)
     n, dims = NUM_STATIC_LANDMARKS, {}
     return {
         "static_lmk_faces_idx": _array(data, "lmk_face_idx", (n,), dims, np.int64, str(path), hint),
@@ -148,7 +143,7 @@ def read_dynamic_embedding(path: str | os.PathLike) -> dict[str, np.ndarray]:
     (79, 17, 3) float64.
     """
     path, hint = Path(path), "is this FLAME's flame_dynamic_embedding.npy?"
-    data = _load_dict(path, safe_pickle.load_npy, hint)
+    data = _load_dict(path, formats.load_npy, hint)
     rows, n, dims = NUM_YAW_BINS, NUM_CONTOUR_LANDMARKS, {}
     return {
         "dynamic_lmk_faces_idx": _array(data, "lmk_face_idx", (rows, n), dims, np.int64,
@@ -167,7 +162,7 @@ def read_deca_landmark_embedding(path: str | os.PathLike) -> dict[str, np.ndarra
     (79, 17, 3) float64. DECA's full_lmk_* entries are not needed and not read.
     """
     path, hint = Path(path), "is this DECA's landmark_embedding.npy?"
-    data = _load_dict(path, safe_pickle.load_npy, hint)
+    data = _load_dict(path, formats.load_npy, hint)
     rows, n, s, dims = NUM_YAW_BINS, NUM_CONTOUR_LANDMARKS, NUM_STATIC_LANDMARKS, {}
     spec = (("static_lmk_faces_idx", (s,), np.int64),
             ("static_lmk_bary_coords", (s, 3), np.float64),
@@ -458,7 +453,7 @@ def _load_npz(path: Path) -> FlameModel:
                              "`face3d assets import-flame`")
         tag = str(_npz_entry(archive, "format", path))
         if tag != FORMAT_TAG:
-            raise ValueError(f"{path}: format '{safe_pickle._shown(tag)}', this version reads "
+            raise ValueError(f"{path}: format '{printable(tag)}', this version reads "
                              f"'{FORMAT_TAG}'")
         for name in (*ARRAY_FIELDS, "parents"):
             if name not in keys:

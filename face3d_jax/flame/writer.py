@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from face3d_jax.flame.files import (DYNAMIC_NAME, NUM_EXPRESSION, NUM_SHAPE, ROOT_PARENT,
+                                    STATIC_NAME, UV_NAMES)
 from face3d_jax.flame.model import NUM_JOINTS, FlameModel, validate
 
 
@@ -32,9 +34,6 @@ def write_flame_files(model: FlameModel, out_dir: str | os.PathLike) -> list[Pat
     """
     import scipy.sparse
 
-    # io re-exports this function, so its names are imported here, not at the top.
-    from face3d_jax.flame.io import (
-        DYNAMIC_NAME, NUM_EXPRESSION, NUM_SHAPE, ROOT_PARENT, STATIC_NAME, UV_NAMES)
 
     model = validate(model, origin="model to write")
     out = Path(out_dir)

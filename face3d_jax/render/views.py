@@ -77,19 +77,19 @@ def render_yaws(model: FlameModel, params: dict, albedo_map, sh_coeffs=None,
 
 
 def write_yaw_renders(out_dir, yaws=TABLE4_YAWS, resolution: int = 512, seed=None,
-                      model_path=None, params=None) -> list:
+                      model_path=None, params=None, albedo=None) -> list:
     """Renders one face at each yaw and writes yaw_<deg>.png under `out_dir`.
 
     The face is the mean face, or a random one (`seed`, as `face3d demo`
-    samples), or `params`; the albedo is a plain skin tone (no albedo model
-    has landed yet) under `default_sh_light`. Returns the written paths.
+    samples), or `params`; its albedo `albedo` ((1, T, T, 3) float32 UV map)
+    or a plain skin tone, under `default_sh_light`. Returns the written paths.
     """
     from pathlib import Path
 
     import jax
     from PIL import Image
 
-    from face3d_jax.flame import default_model, load
+    from face3d_jax.flame import default_model, load, sample_parameters
 
     model = load(model_path) if model_path else default_model()
     if params is None:
@@ -98,8 +98,6 @@ def write_yaw_renders(out_dir, yaws=TABLE4_YAWS, resolution: int = 512, seed=Non
                 ("shape", 300), ("expression", 50), ("global_pose", 3), ("neck_pose", 3),
                 ("jaw_pose", 3), ("eye_pose", 6))}
         else:
-            from face3d_jax.demo import sample_parameters
-
             params = sample_parameters(jax.random.key(seed), 1)
             params["global_pose"] = np.zeros_like(params["global_pose"])
         params["shape"] = params["shape"][:, : model.num_shape]
@@ -107,7 +105,7 @@ def write_yaw_renders(out_dir, yaws=TABLE4_YAWS, resolution: int = 512, seed=Non
     # One compiled program instead of op-by-op dispatch (several times faster).
     draw = jax.jit(lambda m, p, a: render_yaws(m, p, a, yaws_deg=tuple(yaws),
                                                resolution=(resolution, resolution)))
-    out = draw(model, params, plain_albedo(1))
+    out = draw(model, params, plain_albedo(1) if albedo is None else jnp.asarray(albedo))
     images = np.asarray(out.image)
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)

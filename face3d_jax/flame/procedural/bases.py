@@ -14,8 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from face3d_jax.flame.procedural.head import (CHIN_Y, EYE_X, EYE_Y, MOUTH_HALF_WIDTH, MOUTH_Y,
-                                              NOSE_TIP_Y, HeadMesh)
-from face3d_jax.flame.procedural.head import _smoothstep as smoothstep
+                                              NOSE_TIP_Y, HeadMesh, smoothstep)
 from face3d_jax.flame.procedural.rig import below_lips
 
 NUM_SHAPE = 300
@@ -50,10 +49,17 @@ def _vec(x=0.0, y=0.0, z=0.0, n=None):
     return np.stack(np.broadcast_arrays(x, y, z), axis=-1) if n is None else n
 
 
+def _side(x):
+    """A smooth sign of x: fields that push the two sides apart (eye spacing,
+    a smile's corners) must not tear the surface at the midline, where a
+    sign(x) would fold it (a visible crease down the nose bridge)."""
+    return np.tanh(x / 0.005)
+
+
 def _named_shape_fields(p, normals):
     """Designed identity deformations (N, 3), in order of importance."""
     x, y, z = p[:, 0], p[:, 1], p[:, 2]
-    sx = np.sign(x)
+    sx = _side(x)
     front = _front(p)
     lower = smoothstep(EYE_Y, -0.06, y) * (y > -0.15)
     nose = _bump(p, 0.0, NOSE_TIP_Y + 0.01, 0.012, 0.02) * front
@@ -87,7 +93,7 @@ def _named_shape_fields(p, normals):
 def _named_expression_fields(p, normals, lower_lip):
     """Designed expression deformations (N, 3): the face's main actions."""
     x, y = p[:, 0], p[:, 1]
-    sx = np.sign(x)
+    sx = _side(x)
     front = _front(p)
     zero = 0 * x
     below_mouth = below_lips(p, lower_lip)

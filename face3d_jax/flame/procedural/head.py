@@ -80,7 +80,8 @@ class HeadMesh:
     mouth_ring: int
 
 
-def _smoothstep(edge0, edge1, x):
+def smoothstep(edge0, edge1, x):
+    """Hermite step of x (array) from 0 at edge0 to 1 at edge1 (either order), float64."""
     t = np.clip((x - edge0) / (edge1 - edge0), 0.0, 1.0)
     return t * t * (3.0 - 2.0 * t)
 
@@ -99,7 +100,7 @@ def _ring_heights(num_rings: int, mouth_y: float) -> np.ndarray:
     dw = np.gradient(prof["W"])
     dz = np.gradient(prof["z_front"])
     seg = np.sqrt(dy ** 2 + 0.5 * dw ** 2 + 0.5 * dz ** 2)
-    density = 1.0 + 1.6 * _smoothstep(-0.125, -0.10, ys) * (1 - _smoothstep(0.05, 0.075, ys))
+    density = 1.0 + 1.6 * smoothstep(-0.125, -0.10, ys) * (1 - smoothstep(0.05, 0.075, ys))
     s = np.concatenate([[0.0], np.cumsum(0.5 * (seg[1:] * density[1:] + seg[:-1] * density[:-1]))])
     s /= s[-1]
     # The last ring stops short of the pole: the crown is closed by a fan.
@@ -153,17 +154,17 @@ def _base_surface(y, theta):
 def _feature_offsets(p):
     """Outward offsets (metres) of the facial features at base points p (..., 3)."""
     x, y, z = p[..., 0], p[..., 1], p[..., 2]
-    front = _smoothstep(0.0, 0.05, z)  # face features live on the front
+    front = smoothstep(0.0, 0.05, z)  # face features live on the front
     ax = np.abs(x)
     off = np.zeros_like(x)
-    off += 0.004 * np.exp(-0.5 * ((y - 0.048) / 0.007) ** 2) * _smoothstep(0.055, 0.02, ax)  # brow ridge
+    off += 0.004 * np.exp(-0.5 * ((y - 0.048) / 0.007) ** 2) * smoothstep(0.055, 0.02, ax)  # brow ridge
     off -= 0.010 * _gauss2(ax, y, EYE_X, EYE_Y, 0.014, 0.009)  # eye sockets
     # Nose: a ridge growing from the bridge to the tip, then the alae.
-    t = _smoothstep(0.036, NOSE_TIP_Y, y)
-    below = _smoothstep(NOSE_TIP_Y - 0.014, NOSE_TIP_Y - 0.003, y)
+    t = smoothstep(0.036, NOSE_TIP_Y, y)
+    below = smoothstep(NOSE_TIP_Y - 0.014, NOSE_TIP_Y - 0.003, y)
     width = 0.0065 + 0.005 * t
     off += (0.003 + 0.010 * t ** 1.5) * np.exp(-0.5 * (x / width) ** 2) \
-        * _smoothstep(0.042, 0.032, y) * below
+        * smoothstep(0.042, 0.032, y) * below
     off += 0.006 * _gauss2(x, y, 0.0, NOSE_TIP_Y, 0.008, 0.007)
     off += 0.005 * _gauss2(ax, y, 0.014, NOSE_TIP_Y - 0.005, 0.006, 0.005)  # alae
     off += 0.005 * _gauss2(ax, y, 0.048, 0.006, 0.016, 0.012)  # cheekbones
@@ -176,7 +177,7 @@ def _feature_offsets(p):
     # Ears on the sides, behind the jaw hinge.
     # Ears on the sides, behind the jaw hinge: flat-topped (a super-Gaussian),
     # so that they stand out of the frontal silhouette as ears do.
-    side = _smoothstep(0.045, 0.065, ax)
+    side = smoothstep(0.045, 0.065, ax)
     r2 = ((z + 0.015) / 0.012) ** 2 + ((y - 0.010) / 0.028) ** 2
     off += 0.016 * side * np.exp(-0.5 * r2 ** 2)
     return off

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from face3d_jax.flame.procedural.head import MOUTH_HALF_WIDTH, MOUTH_Y, NECK_Y, HeadMesh
-from face3d_jax.flame.procedural.head import _smoothstep as smoothstep
+from face3d_jax.flame.procedural.head import MOUTH_HALF_WIDTH, MOUTH_Y, NECK_Y, HeadMesh, smoothstep
 
 # Where the mandible hinges (temporomandibular joints), left and right.
 JAW_HINGE = np.array([[0.058, -0.004, 0.004], [-0.058, -0.004, 0.004]])

@@ -3,8 +3,8 @@
 DECA's landmark_embedding.npy holds pickled torch tensors. A pickled tensor is
 a call of torch._utils._rebuild_tensor[_v2|_v3] on a storage, and a storage a
 call of torch.storage._load_from_bytes on a stream in torch.save's legacy
-format. `safe_pickle`'s unpickler hands every torch.* name to `find_class`
-here, which answers with our own stand-ins for these functions: they parse the
+format. The restricted unpickler (`unpickler.SafeUnpickler`) hands every torch.*
+name to `find_class` here, which answers with our own stand-ins for these functions: they parse the
 legacy stream and copy the tensor's elements into a numpy array of its dtype,
 checking every size, stride and offset that comes from the file first.
 """
@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from face3d_jax.flame.safe_pickle import ReportedError, _run, _SafeUnpickler, _shown, _unpickle
+from face3d_jax.formats.unpickler import ReportedError, SafeUnpickler, run, shown, unpickle
 
 # torch storage classes and dtypes -> numpy dtype codes ("bfloat16" via ml_dtypes).
 _TORCH_STORAGES = {
@@ -35,8 +35,8 @@ _TORCH_DTYPES = {
     "uint16": "u2", "uint32": "u4", "uint64": "u8", "bool": "?",
     "complex64": "c8", "cfloat": "c8", "complex128": "c16", "cdouble": "c16",
 }
-_TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-_TORCH_LEGACY_PROTOCOL = 1001
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+LEGACY_PROTOCOL = 1001
 
 
 def find_class(module: str, name: str, origin: str):
@@ -49,31 +49,31 @@ def find_class(module: str, name: str, origin: str):
     if module == "torch.storage" and name == "_load_from_bytes":
         return functools.partial(_load_torch_storage, origin)
     if module in ("torch", "torch.cuda", "torch.storage") and name in _TORCH_STORAGES:
-        return _TorchDtype(name, _TORCH_STORAGES[name])
+        return TorchDtype(name, _TORCH_STORAGES[name])
     if module == "torch" and name in _TORCH_DTYPES:
-        return _TorchDtype(name, _TORCH_DTYPES[name])
+        return TorchDtype(name, _TORCH_DTYPES[name])
     return None
 
 
-class _LegacyTorchUnpickler(_SafeUnpickler):
+class _LegacyTorchUnpickler(SafeUnpickler):
     """The main pickle of a legacy torch.save stream: storages are persistent ids."""
 
     def __init__(self, file: BinaryIO, origin: str):
-        super().__init__(file, origin)
+        super().__init__(file, origin, find_class)
         self.storages: dict[str, tuple[np.dtype, int]] = {}
 
     def persistent_load(self, pid):
         # ('storage', storage_type, key, location, numel, view_metadata)
         if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] == "storage"
-                and isinstance(pid[1], _TorchDtype)):
+                and isinstance(pid[1], TorchDtype)):
             raise ReportedError(f"{self.origin}: unexpected persistent id in a torch "
-                                f"storage ({_shown(pid)[:60]})")
+                                f"storage ({shown(pid)[:60]})")
         _, kind, key, _location, numel, view = pid
         self.storages[str(key)] = (kind.numpy(self.origin), int(numel))
         return _StorageRef(str(key), view)
 
 
-class _TorchDtype:
+class TorchDtype:
     """A torch storage class or dtype named by a pickle, as a numpy dtype code."""
 
     def __init__(self, name: str, code: str):
@@ -113,19 +113,19 @@ def _load_torch_storage(origin: str, data) -> np.ndarray:
         raise ReportedError(f"{origin}: a torch storage holds {type(data).__name__}, "
                             "expected bytes")
     stream = io.BytesIO(data)
-    if _unpickle(stream, origin) != _TORCH_LEGACY_MAGIC:
+    if unpickle(stream, origin, find_class) != LEGACY_MAGIC:
         raise ReportedError(f"{origin}: a pickled torch storage is not in torch's legacy format")
-    if _unpickle(stream, origin) != _TORCH_LEGACY_PROTOCOL:
+    if unpickle(stream, origin, find_class) != LEGACY_PROTOCOL:
         raise ReportedError(f"{origin}: a pickled torch storage has an unknown protocol version")
-    sys_info = _unpickle(stream, origin)
+    sys_info = unpickle(stream, origin, find_class)
     little = not isinstance(sys_info, dict) or sys_info.get("little_endian", True)
     unpickler = _LegacyTorchUnpickler(stream, origin)
-    root = _run(unpickler, origin)
+    root = run(unpickler, origin)
     arrays = {}
-    for key in _unpickle(stream, origin):
+    for key in unpickle(stream, origin, find_class):
         dtype, _ = unpickler.storages.get(str(key), (None, 0))
         if dtype is None:
-            raise ReportedError(f"{origin}: torch storage '{_shown(key)}' is listed but not described")
+            raise ReportedError(f"{origin}: torch storage '{shown(key)}' is listed but not described")
         arrays[str(key)] = _read_storage_data(stream, dtype.newbyteorder("<" if little else ">"),
                                               origin)
     return _resolve_storage(root, arrays, origin)
@@ -159,7 +159,7 @@ def _resolve_storage(root, arrays: dict[str, np.ndarray], origin: str) -> np.nda
 def _rebuild_tensor(origin, storage, storage_offset, size, stride, *_rest) -> np.ndarray:
     """torch._utils._rebuild_tensor[_v2](storage, offset, size, stride[, requires_grad,
     backward_hooks[, metadata]]) -> np.ndarray of the storage's dtype."""
-    array = _strided_copy(storage, storage_offset, size, stride, origin)
+    array = strided_copy(storage, storage_offset, size, stride, origin)
     metadata = _rest[2] if len(_rest) > 2 else None
     return _apply_metadata(array, metadata)
 
@@ -168,14 +168,14 @@ def _rebuild_tensor_v3(origin, storage, storage_offset, size, stride, requires_g
                        backward_hooks, dtype, metadata=None) -> np.ndarray:
     """torch._utils._rebuild_tensor_v3: an untyped (byte) storage plus the tensor's dtype
     (what torch 2.x writes for dtypes without a legacy storage class, e.g. uint16)."""
-    if not isinstance(dtype, _TorchDtype) or not isinstance(storage, np.ndarray):
+    if not isinstance(dtype, TorchDtype) or not isinstance(storage, np.ndarray):
         raise ReportedError(f"{origin}: malformed torch tensor (_rebuild_tensor_v3)")
     np_dtype = dtype.numpy(origin).newbyteorder(storage.dtype.byteorder)
     if storage.nbytes % np_dtype.itemsize:
         raise ReportedError(f"{origin}: torch storage of {storage.nbytes} bytes is not a "
                             f"whole number of {dtype.name} elements")
     typed = storage.view(np_dtype)
-    return _apply_metadata(_strided_copy(typed, storage_offset, size, stride, origin), metadata)
+    return _apply_metadata(strided_copy(typed, storage_offset, size, stride, origin), metadata)
 
 
 def _rebuild_parameter(origin, data, requires_grad=False, backward_hooks=None):
@@ -183,7 +183,7 @@ def _rebuild_parameter(origin, data, requires_grad=False, backward_hooks=None):
     return data
 
 
-def _strided_copy(storage, offset, size, stride, origin: str) -> np.ndarray:
+def strided_copy(storage, offset, size, stride, origin: str) -> np.ndarray:
     """A tensor's elements as a C-ordered native-endian copy, bounds-checked first
     (as_strided reads memory without checks, and these numbers come from a file)."""
     if not isinstance(storage, np.ndarray) or storage.ndim != 1:

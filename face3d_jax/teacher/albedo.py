@@ -1,6 +1,6 @@
 """The teacher's procedural UV albedo and wrinkle displacement maps.
 
-Both maps are functions of each texel's template position (see teacher_uv.py)
+Both maps are functions of each texel's template position (see flame/uv.py)
 and of a vector of identity attributes read from w; the wrinkles' depth also
 follows the expression (forehead lines deepen as the brows rise, crow's feet and
 nasolabial folds as the face smiles), as DECA's expression-conditioned details
@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from face3d_jax.data.teacher_uv import FaceRegions, UVBake
+from face3d_jax.flame.uv import FaceRegions, UVBake
 
 # Identity attribute slots (standardised readouts of w, about N(0, 1)).
 TONE, UNDERTONE, CHEEK_RED, NOSE_RED, LIP_RED, LIP_DARK, HAIR_LIGHT, HAIR_RED, \
@@ -382,3 +382,24 @@ def wrinkle_map(bake: UVBake, regions: FaceRegions, waves, attributes, phases, b
     skin = bake.covered * (1.0 - jnp.clip(bake.eye, 0.0, 1.0))
     disp = max_displacement * jnp.tanh(disp / max_displacement) * skin[None]
     return disp[..., None].astype(jnp.float32)
+
+
+def painted_albedo(model, key, batch: int, size: int = 512):
+    """Albedo maps of random identities for any FLAME-format model: the
+    teacher's painter (`albedo_map`) on random identity attributes and noise.
+
+    Args:
+      model: a `FlameModel` with a UV layout; key: a PRNG key; batch: B;
+      size: the maps' side.
+    Returns:
+      (B, size, size, 3) float32 in [0.01, 1], row 0 at v = 1.
+    """
+    from face3d_jax.flame.uv import bake_uv, face_regions
+
+    k_attr, k_phase, k_waves = jax.random.split(key, 3)
+    attributes = jax.random.normal(k_attr, (batch, NUM_ATTRIBUTES), jnp.float32)
+    phases = jax.random.uniform(k_phase, (batch, NOISE_BANDS, WAVES_PER_BAND), jnp.float32,
+                                0.0, 2.0 * jnp.pi)
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(k_waves)).ravel().tolist())
+    return albedo_map(bake_uv(model, size), face_regions(model), noise_waves(rng), attributes,
+                      phases)

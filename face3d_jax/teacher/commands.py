@@ -8,8 +8,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from face3d_jax.data.teacher import (TeacherConfig, labels, make_teacher, mapping, render_scene,
-                                     scene)
+from face3d_jax.teacher.params import TeacherConfig, make_teacher
+from face3d_jax.teacher.world import labels, mapping, render_scene, scene
 
 # Compiled once per teacher config and batch size, shared by every call (and by
 # the tests: the scene and the renderer compile separately, so an edited w

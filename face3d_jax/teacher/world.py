@@ -1,7 +1,7 @@
 """The synthetic teacher world: a stand-in for the pretrained StyleGAN2 whose
 every image has a known 3D truth (DESIGN.md, "the procedural default").
 
-    teacher = make_teacher(jax.random.key(0), default_model(), TeacherConfig())
+    teacher = make_teacher(jax.random.key(0), default_model(), TeacherConfig())  # params.py
     w, scene_, sample_ = sample(teacher, jax.random.key(1), batch=4)
     sample_.image            # (4, H, W, 3) what G_StlGAN would have drawn
     scene_.shape, sample_.vertices, scene_.albedo   # the truth, for evaluation
@@ -13,7 +13,7 @@ A fixed random, non-linear map z (512) -> w (18 x 512) -> scene -> image:
     mean w as in StyleGAN.
   - `scene`: fixed random readouts of w into FLAME parameters (300 shape, 50
     expression, head pose within +-45 degrees of yaw, jaw, gaze), a procedural
-    UV albedo and wrinkle displacement (teacher_albedo.py), SH light, a weak-
+    UV albedo and wrinkle displacement (teacher/albedo.py), SH light, a weak-
     perspective camera and a background.
   - `render_scene`: FLAME, the displacement along the normals (Sec. 4.2), and
     our renderer with detail normals; the truth is recorded beside the image.
@@ -41,20 +41,16 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from face3d_jax.data import teacher_albedo as ta
-from face3d_jax.data.teacher_scene import (TeacherSample, TeacherScene, background_image,
-                                           sh_light)
-from face3d_jax.data.teacher_uv import detail_normal_map
-from face3d_jax.data.teacher_world import (SUBSPACES, Teacher, TeacherConfig, _map, _read,
-                                           make_teacher)
 from face3d_jax.flame.forward import flame_forward
 from face3d_jax.flame.geometry import displace, vertex_normals
 from face3d_jax.flame.lbs import axis_angle_to_matrix
+from face3d_jax.flame.uv import detail_normal_map
 from face3d_jax.render.renderer import WeakPerspectiveCamera, render
+from face3d_jax.teacher import albedo as ta
+from face3d_jax.teacher.params import Teacher, map_latent, readout
+from face3d_jax.teacher.scene import TeacherSample, TeacherScene, background_image, sh_light
 
-__all__ = ["LABELS", "SUBSPACES", "Teacher", "TeacherConfig", "TeacherSample", "TeacherScene",
-           "attribute_direction", "labels", "make_teacher", "mapping", "render_scene", "sample",
-           "scene"]
+__all__ = ["LABELS", "attribute_direction", "labels", "mapping", "render_scene", "sample", "scene"]
 
 LABELS = ("yaw", "pitch", "roll", "jaw_open", "smile", "brow_raise")
 # iBUG landmarks (static index = iBUG - 17) measuring the expression labels.
@@ -74,7 +70,7 @@ def mapping(teacher: Teacher, z, truncation: float = 1.0):
     Returns:
       (B, n_latent, style_dim) float32.
     """
-    w = _map(teacher.mapping, jnp.asarray(z, jnp.float32))
+    w = map_latent(teacher.mapping, jnp.asarray(z, jnp.float32))
     w = teacher.w_mean + truncation * (w - teacher.w_mean)
     return jnp.broadcast_to(w[:, None], (w.shape[0], teacher.config.n_latent, w.shape[1]))
 
@@ -82,9 +78,9 @@ def mapping(teacher: Teacher, z, truncation: float = 1.0):
 def _geometry_controls(teacher: Teacher, w):
     """Expression, jaw, gaze and head rotation of w: a dict of (B, ...) arrays."""
     cfg = teacher.config
-    ex = _read(teacher, w, "expression")
+    ex = readout(teacher, w, "expression")
     num = cfg.num_expression
-    pose = _read(teacher, w, "pose")
+    pose = readout(teacher, w, "pose")
     # Bounded by max_*, spread (the standard deviation near 0) by *_spread.
     yaw = cfg.max_yaw_deg * jnp.tanh(cfg.yaw_spread_deg / cfg.max_yaw_deg * pose[:, 0])
     pitch = cfg.max_pitch_deg * jnp.tanh(cfg.pitch_spread_deg / cfg.max_pitch_deg * pose[:, 1])
@@ -169,13 +165,13 @@ def scene(teacher: Teacher, w) -> TeacherScene:
     Args:
       teacher: the world; w: (B, n_latent, style_dim) float32.
     Returns:
-      A `TeacherScene` (see teacher_scene.py for the fields' shapes).
+      A `TeacherScene` (see teacher/scene.py for the fields' shapes).
     """
     cfg = teacher.config
     g = _geometry_controls(teacher, w)
     batch = w.shape[0]
-    shape = cfg.shape_scale * _read(teacher, w, "shape")
-    albedo_out = _read(teacher, w, "albedo")
+    shape = cfg.shape_scale * readout(teacher, w, "shape")
+    albedo_out = readout(teacher, w, "albedo")
     attributes = albedo_out[:, : ta.NUM_ATTRIBUTES]
     phases = 2.0 * jnp.pi * albedo_out[:, ta.NUM_ATTRIBUTES:].reshape(
         batch, ta.NOISE_BANDS, ta.WAVES_PER_BAND)
@@ -194,7 +190,7 @@ def scene(teacher: Teacher, w) -> TeacherScene:
     regions = teacher.regions
     turned = jnp.einsum("bij,j->bi", axis_angle_to_matrix(global_pose),
                         jnp.mean(regions.landmarks, axis=0) - regions.root) + regions.root
-    cam = _read(teacher, w, "camera")
+    cam = readout(teacher, w, "camera")
     scale = cfg.camera_scale * (1.0 + 0.06 * jnp.tanh(cam[:, 0]))
     camera = jnp.stack([scale, -turned[:, 0] + 0.006 * jnp.tanh(cam[:, 1]),
                         -turned[:, 1] - 0.12 / scale + 0.006 * jnp.tanh(cam[:, 2])], -1)
@@ -204,9 +200,9 @@ def scene(teacher: Teacher, w) -> TeacherScene:
         jaw_pose=jaw_pose.astype(jnp.float32),
         eye_pose=jnp.concatenate([eye, eye], -1).astype(jnp.float32),
         albedo=albedo, displacement=displacement,
-        light=sh_light(_read(teacher, w, "light")),
+        light=sh_light(readout(teacher, w, "light")),
         camera=camera.astype(jnp.float32),
-        background=background_image(_read(teacher, w, "background"), cfg.resolution))
+        background=background_image(readout(teacher, w, "background"), cfg.resolution))
 
 
 def render_scene(teacher: Teacher, scene_: TeacherScene, backend: str = "jax") -> TeacherSample:

@@ -1,7 +1,8 @@
-"""UV-space geometry of a FLAME-format model, for the synthetic teacher world.
+"""UV-space geometry of a FLAME-format model: texels baked to the template
+surface, per-vertex values as UV maps, detail normals, the landmarks in UV.
 
-The teacher paints its albedo and wrinkle maps in UV space but designs them on
-the face: every texel is baked once to the point of the template mesh it shows
+The synthetic teacher world paints its albedo and wrinkle maps in UV space
+but designs them on the face: every texel is baked once to the point of the template mesh it shows
 (its triangle and barycentric coordinates, hence its 3D position). Skin tone,
 lips, brows, eyes and wrinkles are then functions of that 3D position and of
 the template's landmarks, so the same code paints the procedural default and
@@ -154,6 +155,22 @@ def face_regions(model: FlameModel) -> FaceRegions:
     return FaceRegions(landmarks=landmarks.astype(np.float32),
                        eye_centers=centers.astype(np.float32),
                        eye_radius=np.float32(radius), root=joints[0].astype(np.float32))
+
+
+def landmark_uvs(model: FlameModel) -> np.ndarray:
+    """Where the static landmarks (iBUG 17..67) lie in the UV layout.
+
+    Returns:
+      (51, 2) float32 (u, v), v up: the static embedding's barycentric
+      weights applied to the UV corners of each landmark's triangle.
+    """
+    if model.uv_coords is None or model.uv_faces is None:
+        raise ValueError("landmark_uvs: the model has no UV layout")
+    uv_faces = np.asarray(model.uv_faces, np.int64)[np.asarray(model.static_lmk_faces_idx,
+                                                                 np.int64)]
+    corners = np.asarray(model.uv_coords, np.float64)[uv_faces]  # (51, 3, 2)
+    bary = np.asarray(model.static_lmk_bary_coords, np.float64)
+    return np.einsum("lk,lkc->lc", bary, corners).astype(np.float32)
 
 
 def _normalize(x, eps=1e-12):

@@ -1,5 +1,5 @@
 """The teacher world's fixed random parameters: `TeacherConfig`, the `Teacher`
-pytree and `make_teacher` (see teacher.py for the world itself).
+pytree and `make_teacher` (see world.py for the world itself).
 
 The mapping network and the readouts are drawn on the host with numpy, seeded
 by the key, and calibrated on a fixed batch of z: each readout's outputs are
@@ -16,9 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from face3d_jax.data import teacher_albedo as ta
-from face3d_jax.data.teacher_uv import FaceRegions, UVBake, bake_uv, face_regions
 from face3d_jax.flame.model import FlameModel
+from face3d_jax.flame.uv import FaceRegions, UVBake, bake_uv, face_regions
+from face3d_jax.teacher import albedo as ta
 
 SUBSPACES = ("identity", "expression", "pose", "light", "camera", "background")
 
@@ -130,8 +130,9 @@ class Teacher:
     config: TeacherConfig = struct.field(pytree_node=False, default=TeacherConfig())
 
 
-def _map(layers, z, xp=jnp):
-    """The mapping MLP on (B, style_dim) codes, with jnp or (host side) numpy."""
+def map_latent(layers, z, xp=jnp):
+    """The mapping MLP (`Teacher.mapping`) on z (B, style_dim) float32 ->
+    (B, style_dim) float32 w (one row), with jnp or (host side) numpy."""
     x = z / xp.sqrt(xp.mean(z * z, axis=-1, keepdims=True) + 1e-8)  # pixel norm
     for weight, bias in layers:
         x = x @ weight + bias
@@ -170,7 +171,9 @@ def _coords(teacher: Teacher, w, subspace: str, rows: str):
     return (picked - teacher.w_mean[idx]) / teacher.w_std[idx]
 
 
-def _read(teacher: Teacher, w, name: str):
+def readout(teacher: Teacher, w, name: str):
+    """The standardised readout `name` (see `_readout_sizes`) of w
+    (B, n_latent, style_dim) float32: (B, outputs) float32."""
     subspace, rows, _, _ = _readout_sizes(teacher.config)[name]
     return _readout(teacher.readouts[name], _coords(teacher, w, subspace, rows))
 
@@ -192,7 +195,7 @@ def _draw(key, config: TeacherConfig):
         size = getattr(config, f"{name}_dims")
         dims[name] = np.sort(perm[start:start + size]).astype(np.int32)
         start += size
-    w_cal = _map(mapping, rng.standard_normal((config.calibration_samples, dim)), np)
+    w_cal = map_latent(mapping, rng.standard_normal((config.calibration_samples, dim)), np)
     w_mean, w_std = w_cal.mean(axis=0), w_cal.std(axis=0) + 1e-6
     readouts = {}
     for name, (subspace, rows, outputs, hidden) in _readout_sizes(config).items():

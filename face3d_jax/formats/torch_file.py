@@ -6,7 +6,7 @@ the legacy stream of older torch (pickles of a magic number, the protocol and
 sys_info, the main pickle, the storage keys, then each storage as an int64
 element count and its bytes); rosinality's 2020 checkpoints may be either.
 The main pickle goes through the project's restricted unpickler
-(`face3d_jax.flame.safe_pickle`): tensors become `DeferredTensor`s (storage
+(`face3d_jax.formats.unpickler`): tensors become `DeferredTensor`s (storage
 key, dtype, offset, size, stride) and only the tensors a caller asks for are
 read (`materialize`), so the optimizer states of a training checkpoint are
 never loaded. `argparse.Namespace` (rosinality stores its training arguments)
@@ -26,13 +26,11 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from face3d_jax.flame import torch_pickle
-from face3d_jax.flame.safe_pickle import (
-    ReportedError, _run, _SafeUnpickler, _shown, _Stub, _unpickle,
-)
+from face3d_jax.formats import torch_pickle
+from face3d_jax.formats.unpickler import ReportedError, SafeUnpickler, Stub, run, shown, unpickle
 
 
-class NamespaceStub(_Stub):
+class NamespaceStub(Stub):
     """An argparse.Namespace from a pickle; `state` is its attribute dict."""
 
     qualname = "argparse.Namespace"
@@ -51,7 +49,7 @@ class DeferredTensor:
 
     def numpy(self) -> np.ndarray:
         storage = self.source.array(self.key)
-        return torch_pickle._strided_copy(storage, self.offset, self.size, self.stride,
+        return torch_pickle.strided_copy(storage, self.offset, self.size, self.stride,
                                           self.source.origin)
 
 
@@ -73,38 +71,38 @@ class _Storages:
         dtype = self.dtypes.get(key)
         if dtype is None:
             raise ReportedError(f"{self.origin}: tensor refers to unknown storage "
-                                f"'{_shown(key)}'")
+                                f"'{shown(key)}'")
         if self.zip is not None:
             name = f"{self.prefix}data/{key}"
             try:
                 raw = self.zip.read(name)
             except KeyError:
-                raise ReportedError(f"{self.origin}: storage '{_shown(name)}' is missing from "
+                raise ReportedError(f"{self.origin}: storage '{shown(name)}' is missing from "
                                     "the archive (truncated file?)") from None
             except (zipfile.BadZipFile, OSError, EOFError) as exc:
-                raise ReportedError(f"{self.origin}: cannot read storage '{_shown(name)}' "
+                raise ReportedError(f"{self.origin}: cannot read storage '{shown(name)}' "
                                     f"({exc})") from None
         else:
             if key not in self.legacy:
-                raise ReportedError(f"{self.origin}: storage '{_shown(key)}' has no data "
+                raise ReportedError(f"{self.origin}: storage '{shown(key)}' has no data "
                                     "(truncated file?)")
             offset, count = self.legacy[key]
             self.stream.seek(offset)
             raw = self.stream.read(count * dtype.itemsize)
             if len(raw) != count * dtype.itemsize:
-                raise ReportedError(f"{self.origin}: truncated torch storage '{_shown(key)}'")
+                raise ReportedError(f"{self.origin}: truncated torch storage '{shown(key)}'")
         if len(raw) % dtype.itemsize:
-            raise ReportedError(f"{self.origin}: storage '{_shown(key)}' of {len(raw)} bytes "
+            raise ReportedError(f"{self.origin}: storage '{shown(key)}' of {len(raw)} bytes "
                                 f"is not a whole number of {dtype} elements")
         self.cache[key] = np.frombuffer(raw, dtype=dtype)
         return self.cache[key]
 
 
-class _TorchFileUnpickler(_SafeUnpickler):
+class _TorchFileUnpickler(SafeUnpickler):
     """The main pickle of a torch file: storages are persistent ids, tensors deferred."""
 
     def __init__(self, file: BinaryIO, storages: _Storages, byteorder: str):
-        super().__init__(file, storages.origin)
+        super().__init__(file, storages.origin, torch_pickle.find_class)
         self.storages, self.byteorder = storages, byteorder
 
     def find_class(self, module: str, name: str):
@@ -119,9 +117,9 @@ class _TorchFileUnpickler(_SafeUnpickler):
     def persistent_load(self, pid):
         # zip: ('storage', type, key, location, numel); legacy adds view metadata.
         if not (isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] == "storage"
-                and isinstance(pid[1], torch_pickle._TorchDtype)):
+                and isinstance(pid[1], torch_pickle.TorchDtype)):
             raise ReportedError(f"{self.origin}: unexpected persistent id "
-                                f"({_shown(pid)[:60]}) in a torch file")
+                                f"({shown(pid)[:60]}) in a torch file")
         if len(pid) == 6 and pid[5] is not None:
             raise ReportedError(f"{self.origin}: storage views of legacy torch files are "
                                 "not supported")
@@ -182,24 +180,24 @@ def _load_zip(file: BinaryIO, storages: _Storages) -> Any:
         data = archive.read(pickles[0])
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise ValueError(f"{origin}: cannot read data.pkl ({exc})") from None
-    return _run(_TorchFileUnpickler(io.BytesIO(data), storages, byteorder), origin)
+    return run(_TorchFileUnpickler(io.BytesIO(data), storages, byteorder), origin)
 
 
 def _load_legacy(file: BinaryIO, storages: _Storages) -> Any:
     origin = storages.origin
     try:
-        magic = _unpickle(file, origin)
+        magic = unpickle(file, origin, torch_pickle.find_class)
     except ValueError:
         raise ValueError(f"{origin}: not a torch file (neither a zip archive nor a legacy "
                          "torch.save stream)") from None
-    if magic != torch_pickle._TORCH_LEGACY_MAGIC:
+    if magic != torch_pickle.LEGACY_MAGIC:
         raise ValueError(f"{origin}: not a torch file (no torch.save magic number)")
-    if _unpickle(file, origin) != torch_pickle._TORCH_LEGACY_PROTOCOL:
+    if unpickle(file, origin, torch_pickle.find_class) != torch_pickle.LEGACY_PROTOCOL:
         raise ValueError(f"{origin}: unknown torch.save protocol version")
-    sys_info = _unpickle(file, origin)
+    sys_info = unpickle(file, origin, torch_pickle.find_class)
     little = not isinstance(sys_info, dict) or sys_info.get("little_endian", True)
-    root = _run(_TorchFileUnpickler(file, storages, "<" if little else ">"), origin)
-    keys = _unpickle(file, origin)
+    root = run(_TorchFileUnpickler(file, storages, "<" if little else ">"), origin)
+    keys = unpickle(file, origin, torch_pickle.find_class)
     if not isinstance(keys, list):
         raise ValueError(f"{origin}: malformed storage key list")
     for key in keys:
@@ -207,7 +205,7 @@ def _load_legacy(file: BinaryIO, storages: _Storages) -> Any:
         dtype = storages.dtypes.get(key)
         header = file.read(8)
         if dtype is None or len(header) != 8:
-            raise ValueError(f"{origin}: truncated or malformed storage '{_shown(key)}'")
+            raise ValueError(f"{origin}: truncated or malformed storage '{shown(key)}'")
         (count,) = struct.unpack("<q" if little else ">q", header)
         storages.legacy[key] = (file.tell(), count)
         file.seek(count * dtype.itemsize, os.SEEK_CUR)

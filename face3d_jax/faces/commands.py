@@ -14,7 +14,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from face3d_jax.data.faces import Face, FaceTools, crop_matrix, face_chip
+from face3d_jax.faces.crop import crop_matrix
+from face3d_jax.faces.detect import Face, FaceTools, face_chip
 
 _LANDMARK_FORMAT = "face3d-jax-landmarks/1"
 
