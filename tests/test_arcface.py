@@ -203,11 +203,11 @@ def test_errors_name_the_problem(twin, tmp_path):
 
 
 def test_trainer_identity_pass_matches_twin_embedding_and_stage_maps(twin, images):
-    # The trainer's F (train/models.py) takes [0, 1] images and gets the
-    # embedding and the perceptual maps of stages 1-3 from one pass.
-    from face3d_train.models import identity_embedding_and_features
+    # The trainer's F (face3d_jax.nets.identity) takes [0, 1] chips and gets
+    # the embedding and the perceptual maps of stages 1-3 from one pass.
+    from face3d_jax.nets.identity import IdentityNetwork
 
-    net = convert_arcface(twin.state_dict())
+    net = IdentityNetwork(convert_arcface(twin.state_dict()))
     maps_ref = {}
     hooks = [getattr(twin, f"layer{n}").register_forward_hook(
         lambda _m, _i, out, n=n: maps_ref.__setitem__(n, out.numpy())) for n in (1, 2, 3)]
@@ -215,8 +215,7 @@ def test_trainer_identity_pass_matches_twin_embedding_and_stage_maps(twin, image
         ref = twin(_nchw(images[:2])).numpy()
     for h in hooks:
         h.remove()
-    emb, maps = nnx.jit(identity_embedding_and_features, static_argnums=2)(
-        net, jnp.asarray((images[:2] + 1.0) / 2.0), 112)
+    emb, maps = nnx.jit(lambda f, x: f.embed_chips(x))(net, jnp.asarray((images[:2] + 1.0) / 2.0))
     _assert_same_embedding(emb, ref)
     assert sorted(maps) == ["stage1", "stage2", "stage3"]
     for n in (1, 2, 3):

@@ -5,6 +5,8 @@
 What a run does:
   1. the dataset: `config.data.dataset_dir`, or <workdir>/data generated from
      the teacher world (or a converted StyleGAN2) when missing (resumable);
+     and F's teacher-world head when the config asks for one
+     (<workdir>/identity_head.npz, fitted when missing: `face3d_train.identity`);
   2. the networks and the train state, or the state of the last checkpoint in
      <workdir>/checkpoints with the data position it was saved at;
   3. one `jax.sharding.Mesh` over all devices (axis "data"): batches are
@@ -46,6 +48,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from face3d_train import evaluation
 from face3d_train.checkpoint import Checkpointer
 from face3d_train.data import Batches, ensure_dataset, to_global
+from face3d_train.identity import ensure_identity_head
 from face3d_train.metrics import MetricWriter
 from face3d_train.state import PHASES, make_setup
 from face3d_train.step import make_step
@@ -71,13 +74,14 @@ class Trainer:
     Args:
       config: a training ConfigDict; model: the FLAME model; mesh: the mesh.
       key: the parameters' PRNG key (default: from config.seed).
+      identity_head: F's teacher-world head (`face3d_train.identity`), if any.
     """
 
-    def __init__(self, config, model, mesh: Mesh, key=None):
+    def __init__(self, config, model, mesh: Mesh, key=None, identity_head=None):
         self.config, self.model, self.mesh = config, model, mesh
         key = jax.random.key(int(config.seed)) if key is None else key
         k_init, self.state_key = jax.random.split(key)
-        self.setup = make_setup(config, model, k_init)
+        self.setup = make_setup(config, model, k_init, identity_head=identity_head)
         self.replicated = NamedSharding(mesh, P())
         self.data_sharding = NamedSharding(mesh, P("data"))
         self.frozen = jax.device_put(self.setup.frozen, self.replicated)
@@ -151,8 +155,9 @@ def train(config, workdir, *, progress: bool = True, stop_after: int | None = No
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
     model = load_model(config)
     folder = ensure_dataset(config, workdir, progress=progress)
+    head = ensure_identity_head(config, workdir, model=model, progress=progress)
     mesh = make_mesh()
-    trainer = Trainer(config, model, mesh)
+    trainer = Trainer(config, model, mesh, identity_head=head)
     batches = Batches(folder, config, seed=int(config.seed))
     held = evaluation.HeldOutEval(trainer, config)
     total = int(config.schedule.total_steps)

@@ -50,6 +50,7 @@ from flax import nnx
 
 from face3d_jax.flame import FlameModel
 from face3d_jax.nets import arcface, dlib_resnet
+from face3d_jax.nets.identity import IdentityHead, IdentityNetwork
 from face3d_jax.nets.mica import MicaConfig, MicaMapping, normalize
 from face3d_jax.nets.stylegan2 import Discriminator, Generator, StyleGAN2Config
 from face3d_jax.render.views import default_sh_light
@@ -218,7 +219,7 @@ class Networks:
     displacement: Generator
     albedo: Generator
     discriminator: Discriminator
-    identity: Any           # F: a DlibFaceResNet or an IResNet, frozen
+    identity: IdentityNetwork  # F, frozen
     perceptual: Any         # VGG16Relu33 (frozen) or None: the perceptual term uses F's maps
     layout: CodeLayout
     camera_prior: np.ndarray
@@ -235,8 +236,10 @@ def build_encoder(cfg, rngs: nnx.Rngs) -> ShapeEncoder:
                         mica_layers=enc.get("mica_layers", 3), rngs=rngs)
 
 
-def build_networks(cfg, model: FlameModel, key: jax.Array, style_dim: int = 512) -> Networks:
-    """The networks of a config's `model` section, initialised from `key`.
+def build_networks(cfg, model: FlameModel, key: jax.Array, style_dim: int = 512,
+                   identity_head: IdentityHead | None = None) -> Networks:
+    """The networks of a config's `model` section, initialised from `key`;
+    F with `identity_head` when given (`face3d_train.identity`).
 
     G_Ab takes converted StyleGAN2 weights (`albedo.weights`, a `face3d convert
     stylegan2` folder) when given, as the paper starts AlbedoGAN from FFHQ's
@@ -262,18 +265,7 @@ def build_networks(cfg, model: FlameModel, key: jax.Array, style_dim: int = 512)
         disc = load_discriminator(cfg.albedo.weights)
     else:
         disc = Discriminator(albedo.config, rngs=rngs)
-    ident = cfg.identity
-    if ident.kind == "dlib":
-        identity = dlib_resnet.load_dlib_resnet(ident.weights or None)
-    elif ident.kind == "arcface":
-        if not ident.weights:
-            raise ValueError("model.identity.kind = 'arcface' needs model.identity.weights "
-                             "(an insightface/MICA iresnet .pth)")
-        from face3d_jax.convert.arcface import convert_arcface
-
-        identity = convert_arcface(ident.weights)
-    else:
-        raise ValueError(f"unknown identity network {ident.kind!r}: 'dlib' or 'arcface'")
+    identity = identity_network(cfg, identity_head)
     return Networks(encoder=encoder, displacement=disp, albedo=albedo, discriminator=disc,
                     identity=identity, perceptual=perceptual, layout=layout,
                     camera_prior=crop_camera_prior(model),
@@ -307,27 +299,23 @@ def albedo_map(g: Generator, w: jax.Array, *, noise_mode: str = "const", key=Non
     return (x + 1.0) * 0.5
 
 
-def identity_embedding_and_features(net: Any, images: jax.Array, chip_size: int
-                                    ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """F on images (B, H, W, 3) in [0, 1]: the embedding (B, D) float32 and the
-    mid-level maps of the perceptual loss, from one pass. dlib's network takes
-    0..255 RGB at chip_size^2; ArcFace [-1, 1] RGB at its 112^2 (chip_size is
-    not used; its maps are stages 1-3)."""
-    b = images.shape[0]
-    x = jnp.asarray(images, jnp.float32)
-    if isinstance(net, dlib_resnet.DlibFaceResNet):
-        if x.shape[1:3] != (chip_size, chip_size):
-            x = jax.image.resize(x, (b, chip_size, chip_size, 3), "bilinear")
-        stages = net.features(x * 255.0)
-        emb = jnp.mean(stages[-1], axis=(1, 2)) @ net.fc[...]
-        maps = dict(zip(dlib_resnet.MID_LEVEL_NAMES, stages))
-        return emb.astype(jnp.float32), maps
-    # One pass of ArcFace at its 112^2 input gives the embedding and the maps.
-    if x.shape[1:3] != (arcface.INPUT_SIZE, arcface.INPUT_SIZE):
-        x = jax.image.resize(x, (b, arcface.INPUT_SIZE, arcface.INPUT_SIZE, 3), "bilinear")
-    stages = net.stage_maps(x * 2.0 - 1.0, True)
-    emb = net.embed_map(stages[-1], True)
-    return emb, {f"stage{n}": stages[n - 1] for n in (1, 2, 3)}
+def identity_network(cfg, head: IdentityHead | None = None) -> IdentityNetwork:
+    """F of a config's `model` section (`model.identity`): dlib's ResNet
+    (shipped) or ArcFace's iresnet (`identity.weights`, an insightface/MICA
+    .pth), aligned as each was trained (`nets.identity`), with `head`."""
+    ident = cfg.identity
+    if ident.kind == "dlib":
+        backbone = dlib_resnet.load_dlib_resnet(ident.weights or None)
+    elif ident.kind == "arcface":
+        if not ident.weights:
+            raise ValueError("model.identity.kind = 'arcface' needs model.identity.weights "
+                             "(an insightface/MICA iresnet .pth)")
+        from face3d_jax.convert.arcface import convert_arcface
+
+        backbone = convert_arcface(ident.weights)
+    else:
+        raise ValueError(f"unknown identity network {ident.kind!r}: 'dlib' or 'arcface'")
+    return IdentityNetwork(backbone, chip_size=int(ident.chip_size), head=head)
 
 
 def param_count(module) -> int:

@@ -28,6 +28,8 @@ from flax import nnx, struct
 
 from face3d_jax import texture as tex
 from face3d_jax.flame import FlameModel
+from face3d_jax.flame.uv import landmark_uvs
+from face3d_jax.nets.identity import IdentityNetwork
 from face3d_train import terms as T
 from face3d_train.gan import lazy_adam_hparams
 from face3d_train.models import Networks, build_networks
@@ -74,6 +76,7 @@ class Setup:
     camera_prior: np.ndarray
     max_displacement: float
     uv_mask: np.ndarray     # (Ta, Ta) float32 texels of the UV layout
+    albedo_chip: np.ndarray  # (3, 3) float32 UV albedo map -> F's chip (`uv_face_matrix`)
     weights: dict           # phase -> {term: weight}
     shape_tx: optax.GradientTransformation
     g_tx: optax.GradientTransformation
@@ -156,8 +159,20 @@ def shape_optimizer(cfg) -> optax.GradientTransformation:
     return optax.multi_transform(transforms, labels)
 
 
+def uv_face_matrix(model: FlameModel, identity: IdentityNetwork, size: int) -> np.ndarray:
+    """The map from an S x S UV albedo (row 0 at v = 1) to F's chip that
+    places the template's landmarks, in UV, where F's alignment puts a
+    face's: F sees the albedo's face as it sees a photograph's (the paper's
+    D_id, Eq. 1, compares albedos through F). (3, 3) float32."""
+    uv = landmark_uvs(model)  # (51, 2), iBUG 17..67
+    index = np.stack([uv[:, 0] * size - 0.5, (1.0 - uv[:, 1]) * size - 0.5], axis=-1)
+    # The contour (iBUG 0..16) has no place in UV and neither alignment reads it.
+    landmarks = np.concatenate([np.zeros((17, 2)), index]).astype(np.float32)
+    return np.asarray(identity.chip_matrices(landmarks[None]))[0]
+
+
 def make_setup(config, model: FlameModel, key: jax.Array,
-               networks: Networks | None = None) -> Setup:
+               networks: Networks | None = None, identity_head=None) -> Setup:
     """Builds the networks of `config.model` from `key` and everything static.
 
     Raises ValueError for an unknown loss term or schedule that cannot work
@@ -171,7 +186,7 @@ def make_setup(config, model: FlameModel, key: jax.Array,
             not str(config.model.encoder.backbone).startswith("iresnet"):
         raise ValueError("optim.shape.frozen_backbone_stages freezes an iresnet's stages (MICA's "
                          f"ArcFace); model.encoder.backbone is {config.model.encoder.backbone!r}")
-    nets = networks or build_networks(config.model, model, key)
+    nets = networks or build_networks(config.model, model, key, identity_head=identity_head)
     weights = {p: T.check_weights(config.losses.get(p, {}), p) for p in PHASES}
     groups = (int(config.data.identities_per_batch), int(config.data.images_per_identity))
     if weights["shape"].get("shape_center", 0.0) and groups[1] < 2:
@@ -190,6 +205,7 @@ def make_setup(config, model: FlameModel, key: jax.Array,
         layout=nets.layout, camera_prior=nets.camera_prior,
         max_displacement=nets.max_displacement,
         uv_mask=np.asarray(uvr.inside, np.float32), weights=weights,
+        albedo_chip=uv_face_matrix(model, nets.identity, nets.albedo.config.resolution),
         shape_tx=shape_optimizer(config.optim.shape),
         g_tx=_adam(g.g_lr, g.b1, g.b2, int(g.g_reg_every) if g.pl_weight > 0 else None),
         d_tx=_adam(g.d_lr, g.b1, g.b2, int(g.d_reg_every) if g.r1_gamma > 0 else None),

@@ -39,9 +39,7 @@ from face3d_jax import gan_losses
 from face3d_jax.flame import displace, flame_forward
 from face3d_jax.render.renderer import WeakPerspectiveCamera, render
 from face3d_train import terms as T
-from face3d_train.models import (
-    albedo_map, decode_codes, displacement_map, identity_embedding_and_features,
-)
+from face3d_train.models import albedo_map, decode_codes, displacement_map
 from face3d_train.state import PHASES, AlbedoSide, Setup, ShapeSide, TrainState
 
 
@@ -107,10 +105,9 @@ def context(setup: Setup, nets: Nets, batch: dict, key, *, albedo=None,
                       WeakPerspectiveCamera(cam=codes["camera"]), (size, size),
                       sh_coeffs=codes["light"], landmarks=out.landmarks, background=crop)
 
-    chip = int(cfg.model.identity.chip_size)
     return T.Context(
         batch=batch, codes=codes, displacement=disp, albedo=albedo, render_fn=render_fn,
-        identity_fn=lambda x: identity_embedding_and_features(nets.identity, x, chip),
+        identity=nets.identity, albedo_chip=jnp.asarray(setup.albedo_chip),
         perceptual_fn=nets.perceptual, disc_fn=lambda a: nets.discriminator(a * 2.0 - 1.0),
         uv_mask=jnp.asarray(setup.uv_mask), groups=setup.groups)
 
@@ -218,11 +215,9 @@ def _gan_phase(setup: Setup, state: TrainState, batch, frozen, key, phase: str):
             # No rendering in pre-training: a context whose albedo terms only.
             alb = albedo_map(nets.albedo, batch["w"], noise_mode="random", key=k_g)
             ctx = T.Context(batch=batch, codes=None, displacement=None, albedo=alb,
-                            render_fn=None, identity_fn=functools.partial(
-                                identity_embedding_and_features, nets.identity,
-                                chip_size=int(setup.config.model.identity.chip_size)),
-                            perceptual_fn=nets.perceptual,
-                            disc_fn=lambda a: nets.discriminator(a * 2.0 - 1.0),
+                            render_fn=None, identity=nets.identity,
+                            albedo_chip=jnp.asarray(setup.albedo_chip),
+                            perceptual_fn=nets.perceptual, disc_fn=lambda a: nets.discriminator(a * 2.0 - 1.0),
                             uv_mask=jnp.asarray(setup.uv_mask), groups=setup.groups)
         else:
             shape = jax.lax.stop_gradient(state.shape.params)

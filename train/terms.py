@@ -13,11 +13,13 @@ and names it in a config: the trainer is not touched. The terms wrap the pure
 losses of `face3d_jax.losses` (Sec. 3.3, 4.1, 4.2, Eqs. 1, 4, 5) and
 `face3d_jax.gan_losses`; what each compares:
 
-  identity                         Eq. 1 between F(I_ren) and F(I_StlGAN)
+  identity                         Eq. 1 between F(I_ren) and F(I_StlGAN), each
+                                   aligned by its landmarks (`Context`)
   perceptual                       Sec. 4.1: mean squared difference of VGG16
                                    relu3_3 of I_ren and I_StlGAN (the paper's;
                                    model.perceptual.weights), or of F's mid-level
-                                   maps when no VGG16 weights are given
+                                   maps on the target's chip when no VGG16
+                                   weights are given
   landmark                         Sec. 4.1: MSE of the 68 landmarks, in crop
                                    units of [-1, 1] (DECA's normalisation, so the
                                    weight does not depend on the crop size)
@@ -45,6 +47,7 @@ import jax.numpy as jnp
 
 from face3d_jax import gan_losses
 from face3d_jax import losses as L
+from face3d_jax.faces.align import RENDER_TO_INDEX
 
 TermFn = Callable[["Context"], jax.Array]
 _TERMS: dict[str, TermFn] = {}
@@ -91,16 +94,25 @@ class Context:
       codes: `models.decode_codes` output; displacement (B, Td, Td, 1) or None;
       albedo (B, Ta, Ta, 3) A_AbGAN; render_fn: albedo -> RenderOutput of the
       detailed mesh under the predicted camera and light, over the crop;
-      identity_fn: images -> (embedding, maps); perceptual_fn: images -> VGG16
-      relu3_3 (B, H/4, W/4, 256), or None (the perceptual term uses F's maps);
+      identity: F, a `nets.identity.IdentityNetwork`; albedo_chip: (3, 3)
+      float32, UV map -> F's chip (the template's landmarks in UV placed as
+      F aligns a face); perceptual_fn: images -> VGG16 relu3_3
+      (B, H/4, W/4, 256), or None (the perceptual term uses F's maps);
       disc_fn: albedo in [0, 1] -> logits (B, 1); uv_mask: (Ta, Ta) float32;
       groups: (G, K) of the batch.
+
+    F sees each image aligned as its network was trained: the target by its
+    landmarks, the render by its projected landmarks (no gradient flows
+    through an alignment), a UV albedo by `albedo_chip`. The perceptual term
+    on F's maps warps the render with the target's alignment instead, so that
+    the two are compared pixel for pixel and a misplaced face costs.
     """
 
-    def __init__(self, *, batch, codes, displacement, albedo, render_fn, identity_fn,
-                 disc_fn, uv_mask, groups, perceptual_fn=None):
+    def __init__(self, *, batch, codes, displacement, albedo, render_fn, identity,
+                 albedo_chip, disc_fn, uv_mask, groups, perceptual_fn=None):
         self.batch, self.codes, self.displacement, self.albedo = batch, codes, displacement, albedo
-        self.render_fn, self.identity_fn, self.disc_fn = render_fn, identity_fn, disc_fn
+        self.render_fn, self.identity, self.disc_fn = render_fn, identity, disc_fn
+        self.albedo_chip = albedo_chip
         self.perceptual_fn = perceptual_fn
         self.uv_mask, self.groups = uv_mask, groups
 
@@ -114,21 +126,38 @@ class Context:
     def render_flipped(self):
         return self.render_fn(jnp.flip(self.albedo, axis=2))
 
+    def _chips(self, landmarks):
+        return jax.lax.stop_gradient(self.identity.chip_matrices(landmarks + RENDER_TO_INDEX))
+
+    @functools.cached_property
+    def target_chip(self):
+        return self._chips(self.batch["landmarks"])
+
     @functools.cached_property
     def identity_render(self):
-        return self.identity_fn(self.render.image)
+        return self.identity.embed(self.render.image, self._chips(self.render.landmarks2d))
 
     @functools.cached_property
     def identity_target(self):
-        return jax.tree.map(jax.lax.stop_gradient, self.identity_fn(self.target))
+        return jax.tree.map(jax.lax.stop_gradient,
+                            self.identity.embed(self.target, self.target_chip))
+
+    @functools.cached_property
+    def render_maps_on_target_chip(self):
+        return self.identity.maps(self.render.image, self.target_chip)
+
+    def _albedo_chips(self, albedo):
+        return jnp.broadcast_to(self.albedo_chip, (albedo.shape[0], 3, 3))
 
     @functools.cached_property
     def identity_albedo(self):
-        return self.identity_fn(self.albedo)
+        return self.identity.embed(self.albedo, self._albedo_chips(self.albedo))
 
     @functools.cached_property
     def identity_albedo_target(self):
-        return jax.tree.map(jax.lax.stop_gradient, self.identity_fn(self.batch["albedo"]))
+        gt = self.batch["albedo"]
+        return jax.tree.map(jax.lax.stop_gradient,
+                            self.identity.embed(gt, self._albedo_chips(gt)))
 
 
 def _uv_mask(ctx: Context, like: jax.Array) -> jax.Array:
@@ -143,10 +172,9 @@ def _identity(ctx: Context) -> jax.Array:
 @register_term("perceptual")
 def _perceptual(ctx: Context) -> jax.Array:
     # The render is already over the target (its background is the crop), so
-    # no mask. Without VGG16 the maps are those F already computed for the
-    # identity term (one pass of F per image), as `nets.perceptual` falls back to.
+    # no mask. Without VGG16: F's maps of both, on the target's chip.
     if ctx.perceptual_fn is None:
-        return L.feature_distance(ctx.identity_render[1], ctx.identity_target[1])
+        return L.feature_distance(ctx.render_maps_on_target_chip, ctx.identity_target[1])
     return L.perceptual_loss(ctx.render.image, ctx.target, feature_fn=ctx.perceptual_fn)
 
 

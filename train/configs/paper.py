@@ -51,7 +51,13 @@ def get_config() -> ml_collections.ConfigDict:
         resolution=1024, channel_multiplier=2, channel_max=0, n_mlp=8, weights=""))
     c.model.displacement = ml_collections.ConfigDict(dict(
         resolution=256, channel_multiplier=2, channel_max=0, n_mlp=8, max_displacement=0.01))
-    c.model.identity = ml_collections.ConfigDict(dict(kind="dlib", chip_size=150, weights=""))
+    # F (Eq. 1, Sec. 4.1): dlib's ResNet (shipped) or ArcFace ("arcface", weights = an
+    # iresnet .pth), fed faces aligned as each was trained. world_head: a linear
+    # head fitted on that many teacher identities (`face3d_train.identity`); 0:
+    # none, as the paper's F sees StyleGAN2's real-looking people.
+    c.model.identity = ml_collections.ConfigDict(dict(
+        kind="dlib", chip_size=150, weights="",
+        world_head=ml_collections.ConfigDict(dict(identities=0, views=4, dim=32, ridge=1e-3))))
     # The perceptual loss's VGG16 (Sec. 4.1, relu3_3): a torchvision VGG16 state
     # dict; empty: F's mid-level maps (no VGG16 weights ship).
     c.model.perceptual = ml_collections.ConfigDict(dict(weights=""))
