@@ -15,6 +15,8 @@
     face3d data generate --source teacher|stylegan2 [--checkpoint DIR] --identities N
                    [--edits 11] --out DIR [--seed S] [--landmarks auto|detected|truth]
                    [--boundaries DIR] [--resolution R] [--albedo-size A] [--fit-steps K]
+    face3d identity-head --workdir DIR [--config tiny] [--set KEY=VALUE ...]
+    face3d train --workdir DIR [--config tiny] [--set KEY=VALUE ...] [--distributed]
 """
 
 from __future__ import annotations
@@ -273,21 +275,23 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--distributed", action="store_true",
                     help="call jax.distributed.initialize() first (multi-host)")
     tr.set_defaults(func=_train)
+
+    ih = sub.add_parser("identity-head", help="fit F's teacher-world head of a run into "
+                                              "WORKDIR/identity_head.npz (face3d train does "
+                                              "it when missing), or check the one there")
+    ih.add_argument("--config", default="tiny", help="'tiny' (default), 'paper' or a .py")
+    ih.add_argument("--workdir", required=True, help="the run's folder")
+    ih.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config field (as for train)")
+    ih.set_defaults(func=_identity_head)
     return parser
 
 
-def _train(args) -> None:
+def _log_to_stderr() -> None:
     import logging
 
-    if args.distributed:
-        import jax
-
-        jax.distributed.initialize()
-    from face3d_train.configs import apply_overrides, load
-    from face3d_train.loop import train
-
     # Our own handler: TFDS/absl configure the root logger on import. Added
-    # once, so a second `face3d train` in one process does not print twice.
+    # once, so a second command in one process does not print twice.
     logger = logging.getLogger("face3d_train")
     if not logger.handlers:
         handler = logging.StreamHandler()
@@ -295,6 +299,30 @@ def _train(args) -> None:
         logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
+
+
+def _identity_head(args) -> None:
+    from face3d_train.configs import apply_overrides, load
+    from face3d_train.identity import ensure_identity_head
+
+    _log_to_stderr()
+    head = ensure_identity_head(apply_overrides(load(args.config), args.set), args.workdir)
+    if head is None:
+        print("the config asks for no identity head (model.identity.world_head.identities = 0)")
+    else:
+        d, k = head.projection[...].shape
+        print(f"identity head {d} -> {k} in {args.workdir}")
+
+
+def _train(args) -> None:
+    if args.distributed:
+        import jax
+
+        jax.distributed.initialize()
+    from face3d_train.configs import apply_overrides, load
+    from face3d_train.loop import train
+
+    _log_to_stderr()
     config = apply_overrides(load(args.config), args.set)
     result = train(config, args.workdir)
     print(" ".join(f"{k}={v:.4g}" for k, v in result.items()))

@@ -24,7 +24,8 @@ def test_render_writes_pngs(tmp_path):
 @pytest.mark.parametrize("argv", [["--help"], ["demo", "--help"], ["assets", "--help"],
                                   ["render", "--help"],
                                   ["assets", "make-default", "--help"],
-                                  ["assets", "import-flame", "--help"]])
+                                  ["assets", "import-flame", "--help"],
+                                  ["identity-head", "--help"]])
 def test_help(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
@@ -52,6 +53,15 @@ def test_demo_writes_meshes_and_parameters(tmp_path):
         glb = trimesh.load(tmp_path / f"face_{i}.glb", force="mesh", process=False)
         assert len(mesh.faces) == len(glb.faces) > 9000
         assert mesh.visual.uv is not None
+    # Each face wears its own painted albedo, in the OBJ's PNG and in the GLB.
+    from PIL import Image
+
+    textures = [np.asarray(Image.open(tmp_path / f"face_{i}.png")) for i in range(2)]
+    assert textures[0].shape == (512, 512, 3) and textures[0].std() > 10
+    assert np.abs(textures[0].astype(float) - textures[1]).mean() > 5
+    glb_texture = np.asarray(trimesh.load(tmp_path / "face_0.glb", force="mesh", process=False)
+                             .visual.material.baseColorTexture.convert("RGB"))
+    np.testing.assert_array_equal(glb_texture, textures[0])
     # A different seed gives different faces; the same seed the same ones.
     assert main(["demo", "--out", str(tmp_path / "again"), "--num", "2", "--seed", "3",
                  "--render-resolution", "32"]) == 0
@@ -86,3 +96,20 @@ def test_bad_input_ends_with_one_line(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "d"), "--model", str(corrupt)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "broken.npz" in err
+
+
+def test_identity_head_command(tmp_path, capsys):
+    """`face3d identity-head`: nothing to fit when the config asks for none;
+    a head fitted with other settings is refused in one line."""
+    assert main(["identity-head", "--workdir", str(tmp_path), "--set",
+                 "model.identity.world_head.identities=0"]) == 0
+    assert "asks for no identity head" in capsys.readouterr().out
+    from face3d_jax.nets.identity import IdentityHead
+    from face3d_jax.teacher.identity_head import save_identity_head
+
+    save_identity_head(tmp_path / "identity_head.npz", IdentityHead(np.zeros(128),
+                                                                    np.eye(128)[:, :32]),
+                       {"identities": 3})
+    assert main(["identity-head", "--workdir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "identity_head.npz: fitted with " in err[0]
