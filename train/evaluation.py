@@ -62,10 +62,10 @@ class HeldOutEval:
     Args:
       trainer: a loop.Trainer (setup, mesh shardings, frozen networks).
       config: the training config (eval.identities, eval.seed, data.generate).
-      teacher: the world (default: the one `config.data.generate` describes).
+      world: the teacher world (default: the one `config.data.generate` describes).
     """
 
-    def __init__(self, trainer, config, teacher=None):
+    def __init__(self, trainer, config, world=None):
         self.trainer, self.setup = trainer, trainer.setup
         gen = config.data.generate
         self.enabled = gen.source == "teacher" and int(config.eval.identities) > 0
@@ -75,10 +75,10 @@ class HeldOutEval:
             log.warning("evaluation needs the teacher world's truth; source %r has none, so "
                         "eval/* metrics are not computed", gen.source)
             return
-        if teacher is None:
-            teacher = TeacherSource(generate_config(config), trainer.model).world
-        self.held = teacher.make_held_out(teacher, jax.random.key(int(config.eval.seed)),
-                                     int(config.eval.identities), int(gen.crop_size))
+        if world is None:
+            world = TeacherSource(generate_config(config), trainer.model).world
+        self.held = teacher.make_held_out(world, jax.random.key(int(config.eval.seed)),
+                                          int(config.eval.identities), int(gen.crop_size))
         self.face_mask = metrics.face_uv_mask(trainer.model, int(self.held.albedo.shape[1]))
         # NoW's crop of each held-out truth: fixed, so computed once.
         self.now_mask = metrics.now_face_mask(trainer.model, self.held.neutral)
