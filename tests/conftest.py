@@ -3,8 +3,8 @@
 - The session runs with 8 simulated CPU devices (XLA_FLAGS is set here, before
   anything imports jax), so sharded code is testable on a 2-core machine;
   single-device tests simply use device 0. Hung collectives fail fast.
-- Markers: `slow` (long; deselect with -m "not slow"), `gpu` (skipped unless a
-  CUDA device is present), `multidevice` (needs the 8 simulated devices).
+- Markers: `gpu` (skipped unless a CUDA device is present), `multidevice`
+  (needs the 8 simulated devices). CI runs every other test.
 - `default_flame`: the procedural default model, built once per session.
 """
 

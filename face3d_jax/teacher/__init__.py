@@ -1,5 +1,6 @@
 """The synthetic teacher world: a stand-in for the pretrained StyleGAN2 whose
-every image has a known 3D truth (DESIGN.md, "the procedural default").
+every image has a known 3D truth (docs/architecture.md, "The procedural
+default and the teacher world").
 
     from face3d_jax import teacher
     world = teacher.make_teacher(jax.random.key(0), flame.default_model(), teacher.TeacherConfig())

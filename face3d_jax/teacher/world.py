@@ -1,5 +1,6 @@
 """The synthetic teacher world: a stand-in for the pretrained StyleGAN2 whose
-every image has a known 3D truth (DESIGN.md, "the procedural default").
+every image has a known 3D truth (docs/architecture.md, "The procedural
+default and the teacher world").
 
     teacher = make_teacher(jax.random.key(0), default_model(), TeacherConfig())  # params.py
     w, scene_, sample_ = sample(teacher, jax.random.key(1), batch=4)

@@ -1,8 +1,8 @@
 """The built-in procedural default: a deterministic face model in FLAME's format.
 
 FLAME itself needs a licence and registration, so it cannot ship. This package
-generates a stand-in with FLAME's array names, sizes and semantics (DESIGN.md,
-"the procedural default"): a head mesh with a mouth slit and eyeballs, a UV
+generates a stand-in with FLAME's array names, sizes and semantics
+(docs/architecture.md): a head mesh with a mouth slit and eyeballs, a UV
 layout, 5 joints with skinning weights and a joint regressor, 300 identity and
 100 expression components (designed ones first, then smooth random fields),
 pose correctives and the 68-point landmark embedding. The same code paths that
