@@ -327,8 +327,11 @@ def test_held_out_crop_is_the_datasets(source, held):
     ref = np.asarray(crop_fn(image, mats))
     got = held.crop[:BATCH] * 255.0
     assert np.abs(got - ref).max() <= 1.0 + 1e-3 and (np.round(got) != ref).mean() < 2e-3
-    # Exact from the held-out set's own image.
-    np.testing.assert_array_equal(np.round(got), np.asarray(crop_fn(own, mats)))
+    # From the held-out set's own image: the same warp, but compiled into
+    # another program, so a bilinear weight's last bit can flip a value lying
+    # on a rounding boundary (x.5) by one level, in rare pixels only.
+    same = np.asarray(crop_fn(own, mats))
+    assert np.abs(np.round(got) - same).max() <= 1 and (np.round(got) != same).mean() < 1e-3
     # An independent bilinear warp (scipy), zeros outside the image.
     inv = np.linalg.inv(mats[0].astype(np.float64))
     ys, xs = np.mgrid[0:CROP, 0:CROP].astype(np.float64)
