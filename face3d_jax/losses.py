@@ -1,16 +1,20 @@
-"""The paper's losses (Sec. 3.3, 4.1, 4.2), each a pure JAX function registered by name.
+"""The paper's losses (Sec. 3.3, 4.1, 4.2), each a plain pure JAX function.
 
-    from face3d_jax.losses import get_loss, LOSSES
-    loss = get_loss("identity")(emb_ren, emb_gt)      # configs pick losses by name
-    sorted(LOSSES)                                   # read-only view of the registry
+    from face3d_jax.losses import identity_loss
+    loss = identity_loss(emb_ren, emb_gt)
 
-Registered names and equations:
-    identity                  Eq. 1   1 - cosine similarity of face embeddings
-    perceptual                Sec. 4.1 squared L2 of relu3_3 (or identity-net) features
-    landmark                  Sec. 4.1 MSE over the 68 landmarks (optionally DECA-weighted)
-    symmetric_reconstruction  Sec. 4.1 MSE(I, I_ren) + MSE(I', I'_ren) over the face mask
-    shape_center              Eq. 4   sum_i sum_k ||s_ik - mu_i||^2
-    regularization            Eq. 5   ||s||^2 + ||psi||^2 + ||D_Geom||_F^2
+There is no registry here: the trainer picks losses by name through its terms
+(`face3d_train.terms`, `@register_term`), which call these functions on a
+step's Context. To add a loss, write a pure function (here, or anywhere) and
+register a term that calls it; a config then weighs it by the term's name.
+
+Functions and equations:
+    identity_loss                  Eq. 1   1 - cosine similarity of face embeddings
+    perceptual_loss                Sec. 4.1 squared L2 of relu3_3 (or identity-net) features
+    landmark_loss                  Sec. 4.1 MSE over the 68 landmarks (optionally DECA-weighted)
+    symmetric_reconstruction_loss  Sec. 4.1 MSE(I, I_ren) + MSE(I', I'_ren) over the face mask
+    shape_center_loss              Eq. 4   sum_i sum_k ||s_ik - mu_i||^2
+    regularization_loss            Eq. 5   ||s||^2 + ||psi||^2 + ||D_Geom||_F^2
 
 Conventions: images NHWC float32; a loss returns a float32 scalar; batch means
 unless the equation says sum (Eq. 4). Masks are (B, H, W) or (B, H, W, 1) in
@@ -20,49 +24,12 @@ trainer's business, not the losses'. GAN losses live in face3d_jax.gan_losses.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from types import MappingProxyType
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from face3d_jax import gan_losses
-
-LossFn = Callable[..., jax.Array]
-_REGISTRY: dict[str, LossFn] = {}
-LOSSES: Mapping[str, LossFn] = MappingProxyType(_REGISTRY)
-"""Read-only view {name: loss function} of every registered loss."""
-
-
-def register_loss(name: str) -> Callable[[LossFn], LossFn]:
-    """Decorator registering a loss function under `name` (returned unchanged).
-
-    Raises ValueError if `name` is already taken by another function, so a user's
-    loss cannot silently replace one of the paper's.
-    """
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"loss name must be a non-empty string, got {name!r}")
-
-    def decorate(fn: LossFn) -> LossFn:
-        if _REGISTRY.get(name, fn) is not fn:
-            raise ValueError(f"a loss named {name!r} is already registered "
-                             f"({_REGISTRY[name].__module__}.{_REGISTRY[name].__qualname__})")
-        _REGISTRY[name] = fn
-        return fn
-
-    return decorate
-
-
-def get_loss(name: str) -> LossFn:
-    """The loss registered as `name`; ValueError listing the known names otherwise."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown loss {name!r}; registered: {', '.join(sorted(_REGISTRY))}") \
-            from None
-
 
 # ----------------------------------------------------------------- helpers
 
@@ -114,7 +81,6 @@ def composite_over(rendered: jax.Array, background: jax.Array,
 # ----------------------------------------------------------------- the paper's losses
 
 
-@register_loss("identity")
 def identity_loss(embedding: jax.Array, embedding_target: jax.Array,
                   eps: float = 1e-8) -> jax.Array:
     """Identity loss, Eq. 1: 1 - F(a).F(b) / (||F(a)||_2 ||F(b)||_2), averaged over the batch.
@@ -133,7 +99,6 @@ def identity_loss(embedding: jax.Array, embedding_target: jax.Array,
     return jnp.mean(1.0 - cos)
 
 
-@register_loss("perceptual")
 def perceptual_loss(rendered: jax.Array, target: jax.Array, *,
                     feature_fn: Callable[[jax.Array], Any],
                     mask: jax.Array | None = None) -> jax.Array:
@@ -184,7 +149,6 @@ DECA_LANDMARK_WEIGHTS[[48, 54]] = 3.0
 DECA_LANDMARK_WEIGHTS.setflags(write=False)
 
 
-@register_loss("landmark")
 def landmark_loss(landmarks: jax.Array, landmarks_target: jax.Array, *,
                   weights: str | jax.Array | None = None,
                   confidence: jax.Array | None = None) -> jax.Array:
@@ -216,7 +180,6 @@ def landmark_loss(landmarks: jax.Array, landmarks_target: jax.Array, *,
     return jnp.sum(w * sq) / (p.shape[-1] * jnp.sum(w) + 1e-8)
 
 
-@register_loss("symmetric_reconstruction")
 def symmetric_reconstruction_loss(rendered: jax.Array, target: jax.Array,
                                   rendered_flipped: jax.Array,
                                   target_flipped: jax.Array | None = None, *,
@@ -243,7 +206,6 @@ def symmetric_reconstruction_loss(rendered: jax.Array, target: jax.Array,
             + masked_mse(target_flipped, rendered_flipped, mask_flipped))
 
 
-@register_loss("shape_center")
 def shape_center_loss(shapes: jax.Array, identity: jax.Array | None = None,
                       num_identities: int | None = None) -> jax.Array:
     """Shape centre loss, Eq. 4: sum_i sum_k ||s_ik - mu_i||^2, mu_i the mean shape
@@ -272,7 +234,6 @@ def shape_center_loss(shapes: jax.Array, identity: jax.Array | None = None,
     return jnp.sum(jnp.square(s - mu[ids]))
 
 
-@register_loss("regularization")
 def regularization_loss(shape: jax.Array, expression: jax.Array,
                         displacement: jax.Array | None = None) -> jax.Array:
     """Regularisation, Eq. 5: ||s||_2^2 + ||psi||_2^2 + ||D_Geom||_F^2, per image,
@@ -291,10 +252,3 @@ def regularization_loss(shape: jax.Array, expression: jax.Array,
         per_image = per_image + jnp.sum(jnp.square(d.reshape(d.shape[0], -1)), axis=1)
     return jnp.mean(per_image)
 
-
-# StyleGAN2's adversarial losses and regularisers (Sec. 3.3, 5.2) live in
-# gan_losses.py; registered here so a config can name them like the others.
-register_loss("gan_d_logistic")(gan_losses.d_logistic_loss)
-register_loss("gan_g_nonsaturating")(gan_losses.g_nonsaturating_loss)
-register_loss("gan_r1")(gan_losses.r1_penalty)
-register_loss("gan_path_length")(gan_losses.path_length_penalty)

@@ -207,3 +207,146 @@ def test_lazy_adam_matches_rosinality_torch_adam(which):
         topt.step()
     np.testing.assert_allclose(np.asarray(params), pt.detach().numpy(), rtol=1e-6, atol=1e-7)
     assert not np.allclose(np.asarray(params), p0)
+
+
+# ------------------------------------------------------------------ against the twin step
+
+
+def _perturbed(module, seed):
+    """Non-zero biases and noise strengths, so every parameter has a gradient."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=gen))
+    return module
+
+
+def _ours(module_state_dict, kind):
+    """Our Param tree of a twin network's state dict (the tested converter). The
+    tensors are cloned first: on the CPU our arrays may share the numpy buffers
+    of torch's tensors, which the twin's optimizer then updates in place."""
+    from flax import nnx
+
+    from face3d_jax.convert.stylegan2 import (
+        discriminator_from_state_dict, generator_from_state_dict,
+    )
+    module_state_dict = {k: v.detach().clone() for k, v in module_state_dict.items()}
+    if kind == "g":
+        module = generator_from_state_dict(module_state_dict, NET,
+                                           latent_avg=np.zeros(NET.style_dim, np.float32))
+    else:
+        module = discriminator_from_state_dict(module_state_dict, NET)
+    return nnx.split(module, nnx.Param, ...)
+
+
+def test_the_shared_updates_match_rosinalitys_train_py():
+    """Two iterations of rosinality's train.py (the twin, eval/torch_reference/
+    gan_step.py: Dmain, Dreg, Gmain, Greg, EMA at step 0; Dmain, Gmain, EMA at
+    step 1) against gan_updates.py's functions composed in that order, on the
+    same networks, real images, z, noise and path-length projection y: D's and
+    G's parameters, G_ema, pl_mean and the losses after each step.
+
+    The twin draws z, noise and y itself; here they are fixed (mixing 0, the
+    generator's noise buffers, y given) so both sides see the same inputs."""
+    torch = pytest.importorskip("torch")
+    from flax import nnx
+
+    from face3d_eval.torch_reference import gan_step as twin
+    from face3d_eval.torch_reference import stylegan2 as tref
+    from face3d_jax.gan_losses import g_nonsaturating_loss
+    from face3d_train.gan_updates import (
+        adam_update, d_update, ema_beta, ema_update, g_lazy_path_length_update,
+    )
+
+    torch.manual_seed(0)
+    g_t = _perturbed(tref.Generator(8, NET.style_dim, NET.n_mlp, channel_max=NET.channel_max), 1)
+    d_t = _perturbed(tref.Discriminator(8, channel_max=NET.channel_max), 2)
+    g_graph, g0, g_rest = _ours(g_t.state_dict(), "g")
+    d_graph, d0, d_rest = _ours(d_t.state_dict(), "d")
+    # ema_kimg 0.01: beta = 0.5 ** (4 / 10) ~ 0.76, so the EMA visibly mixes G in.
+    cfg = GANConfig(mixing_prob=0.0, ema_kimg=0.01)
+    step = twin.TorchGANStep(g_t, d_t, mixing=0.0, ema_kimg=cfg.ema_kimg)
+    step.g.forward = functools.partial(step.g.forward, randomize_noise=False)
+
+    rng = np.random.default_rng(3)
+    real = rng.uniform(-1, 1, (BATCH, 8, 8, 3)).astype(np.float32)
+    path_batch = BATCH // cfg.pl_batch_shrink
+    # Per step: z of Dmain, Gmain and Greg (Greg at step 0 only, the twin draws
+    # no z for a skipped Greg).
+    zs = [[rng.normal(size=(n, NET.style_dim)).astype(np.float32)
+           for n in (BATCH, BATCH, path_batch)] for _ in range(2)]
+    y_key = jax.random.key(11)
+    y = np.asarray(jax.random.normal(y_key, (path_batch, 8, 8, 3), jnp.float32)) / 8.0
+    queue = [torch.tensor(z) for z in zs[0] + zs[1][:2]]
+    real_pl = twin.g_path_regularize
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(twin, "mixing_noise", lambda *a: [queue.pop(0)])
+        mp.setattr(twin, "g_path_regularize", lambda img, lat, mean, decay: real_pl(
+            img, lat, mean, decay, noise=torch.tensor(y.transpose(0, 3, 1, 2))))
+        twin_metrics = [step(torch.tensor(real.transpose(0, 3, 1, 2))) for _ in range(2)]
+    assert not queue
+
+    merge_g = lambda p: nnx.merge(g_graph, p, g_rest)
+    merge_d = lambda p: nnx.merge(d_graph, p, d_rest)
+    g_tx, d_tx = g_optimizer(cfg), d_optimizer(cfg)
+
+    def w_plus(p, z):
+        w = merge_g(p).mapping(z)
+        return jnp.broadcast_to(w[:, None], (z.shape[0], NET.n_latent, NET.style_dim))
+
+    def synthesis(p, w):
+        return merge_g(p).synthesis(w, noise_mode="const")
+
+    @jax.jit
+    def rosinality_order(state, z_d, z_g, z_pl, gan_step):
+        g, g_ema, d, g_opt, d_opt, pl_mean = state
+        fake = synthesis(g, w_plus(g, z_d))
+        d, d_opt, dm = d_update(cfg, d_tx, merge_d, d, d_opt, jnp.asarray(real), fake, gan_step)
+        disc = merge_d(d)
+        g, g_opt, g_loss, _, _ = adam_update(
+            g_tx, lambda p: (g_nonsaturating_loss(disc(synthesis(p, w_plus(p, z_g)))), None),
+            g, g_opt)
+        g, g_opt, pl_mean, pm = g_lazy_path_length_update(
+            cfg, g_tx, lambda p: w_plus(p, z_pl), synthesis, g, g_opt, pl_mean, y_key, gan_step)
+        g_ema = ema_update(g_ema, g, ema_beta(cfg, BATCH, gan_step))
+        metrics = {"Loss/D/loss": dm["loss"], "Loss/D/r1": dm["r1"], "Loss/G/loss": g_loss,
+                   "Loss/G/pl_penalty": pm["penalty"]}
+        return (g, g_ema, d, g_opt, d_opt, pl_mean), metrics
+
+    state = (g0, jax.tree.map(jnp.copy, g0), d0, g_tx.init(g0), d_tx.init(d0),
+             jnp.float32(0.0))
+    for s in range(2):
+        z_pl = zs[s][2] if s == 0 else np.zeros((path_batch, NET.style_dim), np.float32)
+        state, metrics = rosinality_order(state, *map(jnp.asarray, zs[s][:2]), z_pl,
+                                          jnp.int32(s))
+        for name, value in twin_metrics[s].items():
+            # Losses: the same float32 forward passes in two frameworks.
+            np.testing.assert_allclose(float(metrics[name]), float(value), rtol=1e-5,
+                                       err_msg=f"step {s} {name}")
+        if s == 1:  # the lazy regularisers skipped, as the twin did
+            assert float(metrics["Loss/D/r1"]) == 0 and float(metrics["Loss/G/pl_penalty"]) == 0
+            assert set(twin_metrics[1]) == {"Loss/D/loss", "Loss/G/loss"}
+    g, g_ema, d, _, _, pl_mean = state
+    np.testing.assert_allclose(float(pl_mean), float(step.mean_path_length), rtol=1e-5)
+    ref = {"g": _ours(step.g.state_dict(), "g")[1], "d": _ours(step.d.state_dict(), "d")[1],
+           "g_ema": _ours(step.g_ema.state_dict(), "g")[1]}
+    start = {"g": g0, "d": d0, "g_ema": g0}
+    for name, ours in (("g", g), ("d", d), ("g_ema", g_ema)):
+        moved = 0.0
+        for (path, a), b, a0 in zip(jax.tree_util.tree_leaves_with_path(ours),
+                                    jax.tree.leaves(ref[name]), jax.tree.leaves(start[name]),
+                                    strict=True):
+            a, b, a0 = np.asarray(a), np.asarray(b), np.asarray(a0)
+            moved = max(moved, float(np.abs(b - a0).max()))
+            # Both sides run the same float32 arithmetic; the losses agree to 1e-5,
+            # so do the gradients, and Adam's normalised steps (<= ~1.4 lr = 3e-3
+            # each) then agree to ~1e-5 of a step. What is left is float32 rounding
+            # of the parameter itself over the ~10 operations of two steps and the
+            # EMA: 1e-6 of the leaf's largest entry (its ulp is 6e-8 of it). A
+            # wrong weight, interval, rescaling or skipped phase moves parameters
+            # by a sizeable part of a step, >= 1e-4, far above this.
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-6 * max(1.0, np.abs(b).max()),
+                                       err_msg=f"{name}{jax.tree_util.keystr(path)}")
+        assert moved > 1e-3, name  # the steps moved every network

@@ -1,5 +1,6 @@
-"""The paper's losses (face3d_jax.losses): known values computed by hand, the
-registry, masks, and gradients where the equation fixes them."""
+"""The paper's losses (face3d_jax.losses): known values computed by hand, masks,
+gradients where the equation fixes them, and the one way to name a loss (the
+trainer's terms)."""
 
 from __future__ import annotations
 
@@ -8,36 +9,22 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from face3d_jax import gan_losses, losses
+from face3d_jax import losses
 from face3d_jax.losses import (
-    DECA_LANDMARK_WEIGHTS, LOSSES, get_loss, identity_loss, landmark_loss, masked_mse,
-    perceptual_loss, register_loss, regularization_loss, shape_center_loss,
-    symmetric_reconstruction_loss,
+    DECA_LANDMARK_WEIGHTS, identity_loss, landmark_loss, masked_mse, perceptual_loss,
+    regularization_loss, shape_center_loss, symmetric_reconstruction_loss,
 )
 
-PAPER_LOSSES = {"identity", "perceptual", "landmark", "symmetric_reconstruction",
-                "shape_center", "regularization"}
+def test_one_registry_the_trainers_terms():
+    """Losses are plain functions; the only registry is the trainer's terms
+    (`face3d_train.terms`), which a config weighs by name."""
+    assert not any(hasattr(losses, name) for name in ("register_loss", "get_loss", "LOSSES"))
+    from face3d_train import terms as T
 
-
-def test_registry_names_read_only_and_duplicates():
-    assert PAPER_LOSSES <= set(LOSSES)
-    assert get_loss("gan_r1") is gan_losses.r1_penalty  # StyleGAN2's, by name too
-    assert get_loss("identity") is identity_loss
-    with pytest.raises(TypeError):
-        LOSSES["identity"] = lambda *a: 0.0  # a read-only view
-    with pytest.raises(ValueError, match="unknown loss 'nope'.*identity"):
-        get_loss("nope")
+    assert {"identity", "perceptual", "landmark", "symmetric_reconstruction", "shape_center",
+            "regularization", "gan"} <= set(T.TERMS)
     with pytest.raises(ValueError, match="already registered"):
-        register_loss("identity")(lambda a, b: 0.0)
-
-    def my_loss(x):
-        return jnp.sum(x)
-
-    try:
-        assert register_loss("test_only_sum")(my_loss) is my_loss
-        assert get_loss("test_only_sum") is my_loss and "test_only_sum" in LOSSES
-    finally:
-        losses._REGISTRY.pop("test_only_sum", None)
+        T.register_term("identity")(lambda ctx: 0.0)
 
 
 def test_identity_loss_eq1_values():

@@ -145,3 +145,49 @@ def test_one_and_eight_devices_reach_the_same_parameters(trainer, dataset):
                     + _leaves(eight.albedo.d), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5)
     assert int(one.step) == int(eight.step) == 6
+
+
+def test_the_gan_phase_runs_the_twin_tested_d_update_and_ema(trainer, dataset):
+    """The trainer's GAN phase (step.py) updates D_real as gan_updates.d_update,
+    the function tested against rosinality's train.py (test_gan_step.py), on A_GT
+    and G_Ab(w) with the trainer's keys, lazy R1 included (gan_step 0), and G_Ab's
+    EMA as gan_updates.ema_update of the G it trained; with the paper's GAN
+    hyper-parameters read from the config. A trainer that computed its own D
+    update, R1 weight or EMA would fail here."""
+    from flax import nnx
+
+    from face3d_train import gan_updates
+    from face3d_train.state import gan_config
+    from face3d_train.step import make_step
+
+    setup = trainer.setup
+    assert setup.gan == gan_config(trainer.config.optim.gan)
+    assert (setup.gan.r1_gamma, setup.gan.pl_weight, setup.gan.pl_decay) == (10.0, 2.0, 0.01)
+    batch = {k: jnp.asarray(v) for k, v in _batches(trainer, dataset, 1)[0].items()}
+    state = setup.init_state(jax.random.key(4))
+    new, metrics = jax.jit(make_step(setup, phase=0))(state, batch, setup.frozen)
+    assert float(metrics["finite"]) == 1.0 and float(metrics["gan/r1"]) > 0
+    # The trainer's keys: the step's key -> (next, sub); sub -> (fakes, G, path length).
+    k_fake = jax.random.split(jax.random.split(state.key)[1], 3)[0]
+    side, buffers = state.albedo, state.buffers
+
+    @jax.jit
+    def expected(side, new_g):
+        gen = nnx.merge(setup.graphs["albedo"], side.g, buffers["albedo"])
+        fake = gen.synthesis(batch["w"][:, :gen.config.n_latent], noise_mode="random",
+                             key=k_fake)
+        d, d_opt, _ = gan_updates.d_update(
+            setup.gan, setup.d_tx,
+            lambda p: nnx.merge(setup.graphs["discriminator"], p, buffers["discriminator"]),
+            side.d, side.d_opt, batch["albedo"] * 2.0 - 1.0, fake, side.gan_step)
+        beta = gan_updates.ema_beta(setup.gan, batch["w"].shape[0], side.gan_step)
+        return d, d_opt, gan_updates.ema_update(side.g_ema, new_g, beta)
+
+    d, d_opt, g_ema = expected(side, new.albedo.g)
+    # The same functions on the same inputs, compiled in two programs: XLA may
+    # fuse them differently, so float32 rounding of a few ulps of each leaf's
+    # largest entry, per operation, over two Adam steps (main and R1).
+    for ours, ref in ((new.albedo.d, d), (new.albedo.d_opt, d_opt), (new.albedo.g_ema, g_ema)):
+        for a, b in zip(_leaves(ours), _leaves(ref), strict=True):
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-6 * max(1.0, np.abs(b).max()))
+    assert not _same(new.albedo.d, side.d)

@@ -15,11 +15,10 @@ The step counter picks the regularisation phases inside the jitted step
 bit-identical, and a phase touches only its own network (G phases never change
 D's parameters or optimizer state, nor D phases G's).
 
-Lazy regularisation (StyleGAN2 Sec. 3.1 / App. B): each network has one Adam,
-shared by its main and reg phases, with lr' = lr * k/(k+1) and
-betas' = betas ** (k/(k+1)) for its interval k (`lazy_adam_hparams`), and the
-reg loss multiplied by k. A disabled regulariser (weight 0) has no reg phase and
-no rescaling.
+The D update, Greg and the EMA are gan_updates.py's, the implementation the
+trainer's GAN phases (step.py) use too; lazy regularisation (one Adam per
+network with StyleGAN2's k/(k+1) rescaling, reg losses multiplied by k) is
+described there.
 
 G EMA: the official half-life form, beta = 0.5 ** (batch / (ema_kimg * 1000)),
 ema_kimg = 10 (StyleGAN2 config F), with the batch of the call; optional
@@ -48,50 +47,21 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import nnx, struct
 
-from face3d_jax.gan_losses import (
-    d_logistic_loss, g_nonsaturating_loss, path_length_penalty, r1_penalty,
-)
+from face3d_jax.gan_losses import g_nonsaturating_loss
 from face3d_jax.nets.stylegan2 import Discriminator, Generator, StyleGAN2Config
+from face3d_train.gan_updates import (
+    GANConfig, adam_update, d_main_update, d_optimizer, d_r1_update, d_update, ema_beta,
+    ema_update, g_lazy_path_length_update, g_optimizer, g_path_length_update, lazy_adam_hparams,
+)
 
-
-@dataclasses.dataclass(frozen=True)
-class GANConfig:
-    """Hyper-parameters of the GAN step (defaults: paper Sec. 5.2 + StyleGAN2 config F).
-
-    g_lr, d_lr: Adam learning rates before lazy rescaling; betas: Adam (beta1,
-    beta2) before rescaling; adam_eps: Adam epsilon (torch's 1e-8); r1_gamma: R1
-    weight gamma (0 disables Dreg); pl_weight: path-length weight (0 disables
-    Greg); d_reg_every, g_reg_every: lazy intervals (>= 1); pl_decay: running
-    path-length mean rate; pl_batch_shrink: Greg batch divisor; mixing_prob:
-    style-mixing probability; ema_kimg: G_ema half-life in thousands of images;
-    ema_rampup: None, or the ramp-up ratio of stylegan2-ada (e.g. 0.05).
-    """
-
-    g_lr: float = 2e-3
-    d_lr: float = 2e-3
-    betas: tuple[float, float] = (0.0, 0.99)
-    adam_eps: float = 1e-8
-    r1_gamma: float = 10.0
-    pl_weight: float = 2.0
-    d_reg_every: int = 16
-    g_reg_every: int = 4
-    pl_decay: float = 0.01
-    pl_batch_shrink: int = 2
-    mixing_prob: float = 0.9
-    ema_kimg: float = 10.0
-    ema_rampup: float | None = None
-
-    def __post_init__(self):
-        # A tuple keeps the config hashable: it is a static argument of the jitted step.
-        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
-        if self.d_reg_every < 1 or self.g_reg_every < 1 or self.pl_batch_shrink < 1:
-            raise ValueError("d_reg_every, g_reg_every and pl_batch_shrink must be >= 1, got "
-                             f"{self.d_reg_every}, {self.g_reg_every}, {self.pl_batch_shrink}")
-        if self.ema_kimg <= 0:
-            raise ValueError(f"ema_kimg must be positive, got {self.ema_kimg}")
+__all__ = [
+    "GANConfig", "GANState", "authors_script_config", "d_main_phase", "d_optimizer",
+    "d_reg_phase", "ema_beta", "ema_phase", "g_main_phase", "g_optimizer", "g_reg_phase",
+    "gan_state_from_modules", "gan_step", "gan_step_fn", "init_gan_state", "lazy_adam_hparams",
+    "sample_w_plus",
+]
 
 
 def authors_script_config(**overrides: Any) -> GANConfig:
@@ -99,46 +69,6 @@ def authors_script_config(**overrides: Any) -> GANConfig:
     lr 1e-3, r1 10, path_regularize 2, d_reg_every 16, g_reg_every 4, mixing 0.9;
     they ran 1024^2 at batch 16), with `overrides` applied."""
     return dataclasses.replace(GANConfig(g_lr=1e-3, d_lr=1e-3), **overrides)
-
-
-def lazy_adam_hparams(lr: float, betas: tuple[float, float], interval: int | None
-                      ) -> tuple[float, tuple[float, float]]:
-    """StyleGAN2's lazy-regularisation rescaling: with c = k / (k + 1) for a
-    regulariser applied every k steps, lr' = lr * c and beta' = beta ** c
-    (App. B; rosinality `g_reg_ratio`, stylegan2-ada `mb_ratio`).
-    interval None: no lazy regularisation, values unchanged. Python floats."""
-    if interval is None:
-        return lr, tuple(betas)
-    c = interval / (interval + 1)
-    return lr * c, (betas[0] ** c, betas[1] ** c)
-
-
-def _optimizer(lr: float, betas, eps: float, interval: int | None) -> optax.GradientTransformation:
-    lr, (b1, b2) = lazy_adam_hparams(lr, betas, interval)
-    return optax.adam(lr, b1=b1, b2=b2, eps=eps)
-
-
-def g_optimizer(config: GANConfig) -> optax.GradientTransformation:
-    """G's Adam, rescaled for Greg when pl_weight > 0."""
-    return _optimizer(config.g_lr, config.betas, config.adam_eps,
-                      config.g_reg_every if config.pl_weight > 0 else None)
-
-
-def d_optimizer(config: GANConfig) -> optax.GradientTransformation:
-    """D's Adam, rescaled for Dreg when r1_gamma > 0."""
-    return _optimizer(config.d_lr, config.betas, config.adam_eps,
-                      config.d_reg_every if config.r1_gamma > 0 else None)
-
-
-def ema_beta(config: GANConfig, batch: int, step: jax.Array) -> jax.Array:
-    """G_ema decay: 0.5 ** (batch / ema_nimg), ema_nimg = ema_kimg * 1000, or with
-    ramp-up min(ema_nimg, step * batch * ema_rampup) (images seen before this step).
-    batch: int; step: () int. Returns () float32."""
-    ema_nimg = jnp.float32(config.ema_kimg * 1000.0)
-    if config.ema_rampup is not None:
-        seen = jnp.asarray(step, jnp.float32) * batch
-        ema_nimg = jnp.minimum(ema_nimg, seen * config.ema_rampup)
-    return jnp.float32(0.5) ** (batch / jnp.maximum(ema_nimg, 1e-8))
 
 
 @struct.dataclass
@@ -167,11 +97,18 @@ class GANState:
 
     def generator(self, ema: bool = True) -> Generator:
         """A Generator module holding G_ema (ema=True) or G's current parameters."""
-        params = self.g_ema_params if ema else self.g_params
-        return nnx.merge(self.g_graphdef, params, self.g_rest)
+        return self.merge_g(self.g_ema_params if ema else self.g_params)
 
     def discriminator(self) -> Discriminator:
-        return nnx.merge(self.d_graphdef, self.d_params, self.d_rest)
+        return self.merge_d(self.d_params)
+
+    def merge_g(self, g_params: nnx.State) -> Generator:
+        """A Generator holding `g_params` and this state's non-trained variables."""
+        return nnx.merge(self.g_graphdef, g_params, self.g_rest)
+
+    def merge_d(self, d_params: nnx.State) -> Discriminator:
+        """A Discriminator holding `d_params` and this state's non-trained variables."""
+        return nnx.merge(self.d_graphdef, d_params, self.d_rest)
 
 
 def gan_state_from_modules(generator: Generator, discriminator: Discriminator,
@@ -229,6 +166,8 @@ def _fakes(g: Generator, key: jax.Array, batch: int, mixing_prob: float) -> jax.
 
 
 # ------------------------------------------------------------------ phases
+# Each phase is one update of gan_updates.py on the state's fields; the phases
+# exist on their own so tests can check what each touches.
 
 
 def d_main_phase(state: GANState, real_images: jax.Array, key: jax.Array
@@ -238,34 +177,18 @@ def d_main_phase(state: GANState, real_images: jax.Array, key: jax.Array
     changed) and metrics."""
     cfg = state.config
     fake = _fakes(state.generator(ema=False), key, real_images.shape[0], cfg.mixing_prob)
-
-    def loss_fn(d_params):
-        d = nnx.merge(state.d_graphdef, d_params, state.d_rest)
-        fake_logits, real_logits = d(fake), d(real_images)
-        return d_logistic_loss(real_logits, fake_logits), (real_logits, fake_logits)
-
-    (loss, (real_logits, fake_logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.d_params)
-    d_params, d_opt = _apply(d_optimizer(cfg), grads, state.d_opt_state, state.d_params)
-    metrics = {"Loss/D/loss": loss, "Loss/scores/real": jnp.mean(real_logits),
-               "Loss/scores/fake": jnp.mean(fake_logits),
-               "Grad/D/main_norm": _norm(grads)}
-    return state.replace(d_params=d_params, d_opt_state=d_opt), metrics
+    d_params, d_opt, m = d_main_update(d_optimizer(cfg), state.merge_d, state.d_params,
+                                       state.d_opt_state, real_images, fake)
+    return state.replace(d_params=d_params, d_opt_state=d_opt), _d_metrics(m)
 
 
 def d_reg_phase(state: GANState, real_images: jax.Array) -> tuple[GANState, dict]:
     """Dreg: one Adam step of D on r1_gamma / 2 * R1 * d_reg_every (real images
     (B, R, R, C) float32). Only D's params and opt state change."""
     cfg = state.config
-
-    def loss_fn(d_params):
-        d = nnx.merge(state.d_graphdef, d_params, state.d_rest)
-        r1, _ = r1_penalty(d, real_images)
-        return cfg.r1_gamma / 2 * r1 * cfg.d_reg_every, r1
-
-    (_, r1), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.d_params)
-    d_params, d_opt = _apply(d_optimizer(cfg), grads, state.d_opt_state, state.d_params)
-    metrics = {"Loss/D/r1": r1, "Grad/D/reg_norm": _norm(grads)}
+    d_params, d_opt, m = d_r1_update(cfg, d_optimizer(cfg), state.merge_d, state.d_params,
+                                     state.d_opt_state, real_images)
+    metrics = {"Loss/D/r1": m["r1"], "Grad/D/reg_norm": m["grad_norm"]}
     return state.replace(d_params=d_params, d_opt_state=d_opt), metrics
 
 
@@ -276,13 +199,30 @@ def g_main_phase(state: GANState, key: jax.Array, batch: int) -> tuple[GANState,
     d = state.discriminator()
 
     def loss_fn(g_params):
-        g = nnx.merge(state.g_graphdef, g_params, state.g_rest)
-        return g_nonsaturating_loss(d(_fakes(g, key, batch, cfg.mixing_prob)))
+        fakes = _fakes(state.merge_g(g_params), key, batch, cfg.mixing_prob)
+        return g_nonsaturating_loss(d(fakes)), None
 
-    loss, grads = jax.value_and_grad(loss_fn)(state.g_params)
-    g_params, g_opt = _apply(g_optimizer(cfg), grads, state.g_opt_state, state.g_params)
-    metrics = {"Loss/G/loss": loss, "Grad/G/main_norm": _norm(grads)}
+    g_params, g_opt, loss, _, norm = adam_update(g_optimizer(cfg), loss_fn, state.g_params,
+                                                 state.g_opt_state)
+    metrics = {"Loss/G/loss": loss, "Grad/G/main_norm": norm}
     return state.replace(g_params=g_params, g_opt_state=g_opt), metrics
+
+
+def _path_batch(state: GANState, key: jax.Array, batch: int):
+    """Greg's inputs as rosinality draws them: (latents_fn, synthesis_fn, y_key),
+    w+ from fresh z through G's mapping (so the mapping is regularised too) at
+    batch max(1, batch // pl_batch_shrink), random noise inputs."""
+    cfg = state.config
+    path_batch = max(1, batch // cfg.pl_batch_shrink)
+    k_w, k_noise, k_y = jax.random.split(key, 3)
+
+    def latents_fn(g_params):
+        return sample_w_plus(state.merge_g(g_params), k_w, path_batch, cfg.mixing_prob)
+
+    def synthesis_fn(g_params, w_plus):
+        return state.merge_g(g_params).synthesis(w_plus, noise_mode="random", key=k_noise)
+
+    return latents_fn, synthesis_fn, k_y
 
 
 def g_reg_phase(state: GANState, key: jax.Array, batch: int) -> tuple[GANState, dict]:
@@ -290,60 +230,29 @@ def g_reg_phase(state: GANState, key: jax.Array, batch: int) -> tuple[GANState, 
     batch max(1, batch // pl_batch_shrink); updates pl_mean. Only G's params,
     opt state and pl_mean change."""
     cfg = state.config
-    path_batch = max(1, batch // cfg.pl_batch_shrink)
-    k_w, k_noise, k_y = jax.random.split(key, 3)
-
-    def loss_fn(g_params):
-        g = nnx.merge(state.g_graphdef, g_params, state.g_rest)
-        w_plus = sample_w_plus(g, k_w, path_batch, cfg.mixing_prob)
-
-        def synthesis(w):
-            return g.synthesis(w, noise_mode="random", key=k_noise)
-
-        penalty, pl_mean, lengths = path_length_penalty(synthesis, w_plus, state.pl_mean, k_y,
-                                                        decay=cfg.pl_decay)
-        return cfg.pl_weight * penalty * cfg.g_reg_every, (penalty, pl_mean, lengths)
-
-    (_, (penalty, pl_mean, lengths)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.g_params)
-    g_params, g_opt = _apply(g_optimizer(cfg), grads, state.g_opt_state, state.g_params)
-    metrics = {"Loss/G/pl_penalty": penalty, "Loss/G/path_length": jnp.mean(lengths),
-               "Grad/G/reg_norm": _norm(grads)}
-    return state.replace(g_params=g_params, g_opt_state=g_opt, pl_mean=pl_mean), metrics
+    latents_fn, synthesis_fn, y_key = _path_batch(state, key, batch)
+    g_params, g_opt, pl_mean, m = g_path_length_update(
+        cfg, g_optimizer(cfg), latents_fn, synthesis_fn, state.g_params, state.g_opt_state,
+        state.pl_mean, y_key)
+    return (state.replace(g_params=g_params, g_opt_state=g_opt, pl_mean=pl_mean),
+            _g_reg_metrics(m))
 
 
 def ema_phase(state: GANState, batch: int) -> tuple[GANState, jax.Array]:
     """G_ema <- beta * G_ema + (1 - beta) * G (rosinality `accumulate`); returns
     (state, beta () float32)."""
     beta = ema_beta(state.config, batch, state.step)
-    ema = jax.tree.map(lambda e, p: e * beta.astype(e.dtype) + (1 - beta).astype(p.dtype) * p,
-                       state.g_ema_params, state.g_params)
-    return state.replace(g_ema_params=ema), beta
+    return state.replace(g_ema_params=ema_update(state.g_ema_params, state.g_params, beta)), beta
 
 
-def _norm(tree) -> jax.Array:
-    """Global L2 norm of a gradient pytree, () float32."""
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+def _d_metrics(m: dict) -> dict:
+    return {"Loss/D/loss": m["loss"], "Loss/scores/real": m["real_logits"],
+            "Loss/scores/fake": m["fake_logits"], "Grad/D/main_norm": m["grad_norm"]}
 
 
-def _apply(tx, grads, opt_state, params):
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state
-
-
-def _skipped(metrics_like: dict) -> dict:
-    return {k: jnp.zeros_like(v) for k, v in metrics_like.items()}
-
-
-def _maybe(phase, run: jax.Array, state: GANState, *args) -> tuple[GANState, dict]:
-    """lax.cond(run, phase, identity): a skipped phase returns the state untouched
-    and zero metrics of the same structure."""
-    shapes = jax.eval_shape(phase, state, *args)[1]
-
-    def skip(state, *_):
-        return state, _skipped(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes))
-
-    return jax.lax.cond(run, phase, skip, state, *args)
+def _g_reg_metrics(m: dict) -> dict:
+    return {"Loss/G/pl_penalty": m["penalty"], "Loss/G/path_length": m["path_length"],
+            "Grad/G/reg_norm": m["grad_norm"]}
 
 
 # ------------------------------------------------------------------ the step
@@ -369,23 +278,27 @@ def gan_step_fn(state: GANState, real_images: jax.Array) -> tuple[GANState, dict
     cfg = state.config
     batch = real_images.shape[0]
     rng, k_d, k_g, k_pl = jax.random.split(state.rng, 4)
-    d_reg = (cfg.r1_gamma > 0) & (state.step % cfg.d_reg_every == 0)
-    g_reg = (cfg.pl_weight > 0) & (state.step % cfg.g_reg_every == 0)
 
-    state, metrics = d_main_phase(state, real_images, k_d)
-    if cfg.r1_gamma > 0:
-        state, m = _maybe(d_reg_phase, d_reg, state, real_images)
-        metrics.update(m)
+    fake = _fakes(state.generator(ema=False), k_d, batch, cfg.mixing_prob)
+    d_params, d_opt, dm = d_update(cfg, d_optimizer(cfg), state.merge_d, state.d_params,
+                                   state.d_opt_state, real_images, fake, state.step)
+    state = state.replace(d_params=d_params, d_opt_state=d_opt)
+    metrics = _d_metrics(dm)
+    metrics.update({"Loss/D/r1": dm["r1"], "Grad/D/reg_norm": dm["reg_grad_norm"]})
+
     state, m = g_main_phase(state, k_g, batch)
     metrics.update(m)
-    if cfg.pl_weight > 0:
-        state, m = _maybe(functools.partial(g_reg_phase, batch=batch), g_reg, state, k_pl)
-        metrics.update(m)
+    latents_fn, synthesis_fn, y_key = _path_batch(state, k_pl, batch)
+    g_params, g_opt, pl_mean, gm = g_lazy_path_length_update(
+        cfg, g_optimizer(cfg), latents_fn, synthesis_fn, state.g_params, state.g_opt_state,
+        state.pl_mean, y_key, state.step)
+    state = state.replace(g_params=g_params, g_opt_state=g_opt, pl_mean=pl_mean)
+    metrics.update(_g_reg_metrics(gm))
     state, beta = ema_phase(state, batch)
 
     metrics["finite"] = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in metrics.values()]))
-    metrics.update({"pl_mean": state.pl_mean, "Progress/d_reg": d_reg, "Progress/g_reg": g_reg,
-                    "Progress/ema_beta": beta})
+    metrics.update({"pl_mean": state.pl_mean, "Progress/d_reg": dm["reg"],
+                    "Progress/g_reg": gm["reg"], "Progress/ema_beta": beta})
     return state.replace(step=state.step + 1, rng=rng), metrics
 
 

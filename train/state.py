@@ -31,7 +31,7 @@ from face3d_jax.flame import FlameModel
 from face3d_jax.flame.uv import landmark_uvs
 from face3d_jax.nets.identity import IdentityNetwork
 from face3d_train import terms as T
-from face3d_train.gan import lazy_adam_hparams
+from face3d_train.gan_updates import GANConfig, d_optimizer, g_optimizer, lazy_adam
 from face3d_train.models import Networks, build_networks
 
 PHASES = ("pretrain", "shape", "albedo")
@@ -79,6 +79,7 @@ class Setup:
     albedo_chip: np.ndarray  # (3, 3) float32 UV albedo map -> F's chip (`uv_face_matrix`)
     weights: dict           # phase -> {term: weight}
     shape_tx: optax.GradientTransformation
+    gan: GANConfig          # the GAN phases' hyper-parameters (config.optim.gan)
     g_tx: optax.GradientTransformation
     d_tx: optax.GradientTransformation
     groups: tuple[int, int]
@@ -114,9 +115,23 @@ class Setup:
         return self.initial[1]
 
 
-def _adam(lr, b1, b2, interval=None):
-    lr, (b1, b2) = lazy_adam_hparams(float(lr), (float(b1), float(b2)), interval)
-    return optax.adam(lr, b1=b1, b2=b2, eps=1e-8)
+def _adam(lr, b1, b2):
+    return lazy_adam(float(lr), (float(b1), float(b2)), 1e-8, None)
+
+
+def gan_config(optim_gan) -> GANConfig:
+    """The GAN updates' hyper-parameters from a config's `optim.gan` (a ConfigDict
+    with g_lr, d_lr, b1, b2, r1_gamma, pl_weight, d_reg_every, g_reg_every,
+    pl_decay, pl_batch_shrink, ema_kimg, ema_rampup; ema_rampup 0 means none).
+    Adam's epsilon is torch's 1e-8, as the standalone GAN step's."""
+    g = optim_gan
+    rampup = float(g.ema_rampup)
+    return GANConfig(
+        g_lr=float(g.g_lr), d_lr=float(g.d_lr), betas=(float(g.b1), float(g.b2)), adam_eps=1e-8,
+        r1_gamma=float(g.r1_gamma), pl_weight=float(g.pl_weight),
+        d_reg_every=int(g.d_reg_every), g_reg_every=int(g.g_reg_every),
+        pl_decay=float(g.pl_decay), pl_batch_shrink=int(g.pl_batch_shrink),
+        ema_kimg=float(g.ema_kimg), ema_rampup=rampup if rampup > 0 else None)
 
 
 def _path_names(path) -> list[str]:
@@ -198,7 +213,7 @@ def make_setup(config, model: FlameModel, key: jax.Array,
     for name in ("identity", "perceptual"):
         if getattr(nets, name) is not None:
             frozen_graphs[name], frozen[name] = nnx.split(getattr(nets, name))
-    g = config.optim.gan
+    gan = gan_config(config.optim.gan)
     uvr = tex.uv_raster(model.uv_coords, model.uv_faces, nets.albedo.config.resolution)
     return Setup(
         config=config, model=model, graphs=graphs, frozen_graphs=frozen_graphs,
@@ -207,6 +222,5 @@ def make_setup(config, model: FlameModel, key: jax.Array,
         uv_mask=np.asarray(uvr.inside, np.float32), weights=weights,
         albedo_chip=uv_face_matrix(model, nets.identity, nets.albedo.config.resolution),
         shape_tx=shape_optimizer(config.optim.shape),
-        g_tx=_adam(g.g_lr, g.b1, g.b2, int(g.g_reg_every) if g.pl_weight > 0 else None),
-        d_tx=_adam(g.d_lr, g.b1, g.b2, int(g.d_reg_every) if g.r1_gamma > 0 else None),
+        gan=gan, g_tx=g_optimizer(gan), d_tx=d_optimizer(gan),
         groups=groups, initial=((params, buffers), frozen))

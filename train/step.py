@@ -35,12 +35,12 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from face3d_jax import gan_losses
 from face3d_jax.flame import displace, flame_forward
 from face3d_jax.render.renderer import WeakPerspectiveCamera, render
+from face3d_train import gan_updates
 from face3d_train import terms as T
 from face3d_train.models import albedo_map, decode_codes, displacement_map
-from face3d_train.state import PHASES, AlbedoSide, Setup, ShapeSide, TrainState
+from face3d_train.state import PHASES, Setup, ShapeSide, TrainState
 
 
 def _norm(tree) -> jax.Array:
@@ -131,82 +131,25 @@ def _shape_phase(setup: Setup, state: TrainState, batch, frozen, key):
     return state.replace(shape=_select(ok, new, state.shape)), metrics, ok
 
 
-def _d_update(setup: Setup, side: AlbedoSide, buffers, real, fake):
-    """D_real main update, and its lazy R1 update every d_reg_every GAN steps."""
-    g = setup.config.optim.gan
-    graph = setup.graphs["discriminator"]
-    fake = jax.lax.stop_gradient(fake)
-
-    def main_loss(d):
-        disc = nnx.merge(graph, d, buffers)
-        real_logits, fake_logits = disc(real), disc(fake)
-        return gan_losses.d_logistic_loss(real_logits, fake_logits), (real_logits, fake_logits)
-
-    (d_loss, (rl, fl)), grads = jax.value_and_grad(main_loss, has_aux=True)(side.d)
-    updates, d_opt = setup.d_tx.update(grads, side.d_opt, side.d)
-    d = optax.apply_updates(side.d, updates)
-    gnorm = _norm(grads)
-
-    def r1(args):
-        d, d_opt = args
-
-        def loss(d):
-            pen, _ = gan_losses.r1_penalty(nnx.merge(graph, d, buffers), real)
-            return float(g.r1_gamma) / 2.0 * pen * int(g.d_reg_every), pen
-
-        (_, pen), grads = jax.value_and_grad(loss, has_aux=True)(d)
-        updates, d_opt = setup.d_tx.update(grads, d_opt, d)
-        return optax.apply_updates(d, updates), d_opt, pen
-
-    if float(g.r1_gamma) > 0:
-        run = jnp.mod(side.gan_step, int(g.d_reg_every)) == 0
-        d, d_opt, pen = jax.lax.cond(run, r1, lambda a: (*a, jnp.float32(0.0)), (d, d_opt))
-    else:
-        pen = jnp.float32(0.0)
-    metrics = {"gan/d_loss": d_loss, "gan/r1": pen, "grad_norm/d": gnorm,
-               "gan/real_logits": jnp.mean(rl), "gan/fake_logits": jnp.mean(fl)}
-    return d, d_opt, metrics, jnp.isfinite(d_loss) & jnp.isfinite(gnorm) & jnp.isfinite(pen)
-
-
-def _g_path_length(setup: Setup, g_params, g_opt, pl_mean, buffers, w, key):
-    """G_Ab's lazy path-length update (StyleGAN2), on w from the data."""
-    g = setup.config.optim.gan
-    graph = setup.graphs["albedo"]
-    n = max(1, w.shape[0] // int(g.pl_batch_shrink))
-
-    def loss(params):
-        gen = nnx.merge(graph, params, buffers)
-        w_plus = w[:n, :gen.config.n_latent]
-        k_noise, k_y = jax.random.split(key)
-        pen, new_mean, _ = gan_losses.path_length_penalty(
-            lambda x: gen.synthesis(x, noise_mode="random", key=k_noise), w_plus, pl_mean, k_y,
-            decay=float(g.pl_decay))
-        return float(g.pl_weight) * int(g.g_reg_every) * pen, (pen, new_mean)
-
-    (_, (pen, new_mean)), grads = jax.value_and_grad(loss, has_aux=True)(g_params)
-    updates, g_opt = setup.g_tx.update(grads, g_opt, g_params)
-    return optax.apply_updates(g_params, updates), g_opt, new_mean, pen
-
-
-def _ema(setup: Setup, side: AlbedoSide, batch_size: int):
-    g = setup.config.optim.gan
-    ema_nimg = jnp.float32(float(g.ema_kimg) * 1000.0)
-    if float(g.ema_rampup) > 0:
-        seen = side.gan_step.astype(jnp.float32) * batch_size
-        ema_nimg = jnp.minimum(ema_nimg, seen * float(g.ema_rampup))
-    beta = jnp.float32(0.5) ** (batch_size / jnp.maximum(ema_nimg, 1e-8))
-    return jax.tree.map(lambda e, p: p + beta * (e - p), side.g_ema, side.g)
-
-
 def _gan_phase(setup: Setup, state: TrainState, batch, frozen, key, phase: str):
-    """D_real then G_Ab (pretrain or albedo phase), lazy regularisers, EMA."""
-    g = setup.config.optim.gan
+    """D_real then G_Ab (pretrain or albedo phase), lazy regularisers, EMA: the
+    updates of gan_updates.py (the standalone GAN step's, tested against
+    rosinality's train.py), on A_GT as the real images and G_Ab(w of the batch)
+    as the fakes. G's main loss is the phase's weighted terms (the `gan` term
+    is StyleGAN2's non-saturating loss; AlbedoGAN adds identity, ...)."""
+    gan = setup.gan
     side, buffers = state.albedo, state.buffers
     k_fake, k_g, k_pl = jax.random.split(key, 3)
+    g_graph, d_graph = setup.graphs["albedo"], setup.graphs["discriminator"]
+    merge_g = lambda p: nnx.merge(g_graph, p, buffers["albedo"])
+    merge_d = lambda p: nnx.merge(d_graph, p, buffers["discriminator"])
     real = batch["albedo"] * 2.0 - 1.0
-    gen = nnx.merge(setup.graphs["albedo"], side.g, buffers["albedo"])
-    fake = gen.synthesis(batch["w"][:, :gen.config.n_latent], noise_mode="random", key=k_fake)
-    d, d_opt, d_metrics, d_ok = _d_update(setup, side, buffers["discriminator"], real, fake)
+    gen = merge_g(side.g)
+    n_latent = gen.config.n_latent
+    fake = gen.synthesis(batch["w"][:, :n_latent], noise_mode="random", key=k_fake)
+    d, d_opt, dm = gan_updates.d_update(gan, setup.d_tx, merge_d, side.d, side.d_opt, real, fake,
+                                        side.gan_step)
+    d_ok = jnp.isfinite(dm["loss"]) & jnp.isfinite(dm["grad_norm"]) & jnp.isfinite(dm["r1"])
     weights = setup.weights[phase]
 
     def loss_fn(g_params):
@@ -225,23 +168,25 @@ def _gan_phase(setup: Setup, state: TrainState, batch, frozen, key, phase: str):
             ctx = context(setup, nets, batch, k_g)
         return T.weighted_sum(weights, ctx)
 
-    (loss, values), grads = jax.value_and_grad(loss_fn, has_aux=True)(side.g)
-    updates, g_opt = setup.g_tx.update(grads, side.g_opt, side.g)
-    g_params = optax.apply_updates(side.g, updates)
-    gnorm = _norm(grads)
-    pl_mean, pen = side.pl_mean, jnp.float32(0.0)
-    if float(g.pl_weight) > 0:
-        run = jnp.mod(side.gan_step, int(g.g_reg_every)) == 0
-        g_params, g_opt, pl_mean, pen = jax.lax.cond(
-            run, lambda a: _g_path_length(setup, *a, buffers["albedo"], batch["w"], k_pl),
-            lambda a: (*a, jnp.float32(0.0)), (g_params, g_opt, pl_mean))
-    ok = d_ok & jnp.isfinite(loss) & jnp.isfinite(gnorm) & jnp.isfinite(pen)
+    g_params, g_opt, loss, values, gnorm = gan_updates.adam_update(setup.g_tx, loss_fn, side.g,
+                                                                   side.g_opt)
+    # Path length on the batch's w (no mapping network in G_Ab), its first
+    # max(1, B // pl_batch_shrink) rows, random noise inputs.
+    k_noise, k_y = jax.random.split(k_pl)
+    path_w = batch["w"][:max(1, batch["w"].shape[0] // gan.pl_batch_shrink), :n_latent]
+    g_params, g_opt, pl_mean, pm = gan_updates.g_lazy_path_length_update(
+        gan, setup.g_tx, lambda p: path_w,
+        lambda p, w: merge_g(p).synthesis(w, noise_mode="random", key=k_noise),
+        g_params, g_opt, side.pl_mean, k_y, side.gan_step)
+    ok = d_ok & jnp.isfinite(loss) & jnp.isfinite(gnorm) & jnp.isfinite(pm["penalty"])
+    beta = gan_updates.ema_beta(gan, batch["w"].shape[0], side.gan_step)
     new = side.replace(g=g_params, d=d, g_opt=g_opt, d_opt=d_opt, pl_mean=pl_mean,
+                       g_ema=gan_updates.ema_update(side.g_ema, g_params, beta),
                        gan_step=side.gan_step + 1)
-    new = new.replace(g_ema=_ema(setup, new, batch["w"].shape[0]))
     metrics = {f"{phase}/{n}": v for n, v in values.items()}
-    metrics.update(d_metrics)
-    metrics.update({f"{phase}/loss": loss, "grad_norm/g": gnorm, "gan/path_length": pen})
+    metrics.update({"gan/d_loss": dm["loss"], "gan/r1": dm["r1"], "grad_norm/d": dm["grad_norm"],
+                    "gan/real_logits": dm["real_logits"], "gan/fake_logits": dm["fake_logits"]})
+    metrics.update({f"{phase}/loss": loss, "grad_norm/g": gnorm, "gan/path_length": pm["penalty"]})
     return state.replace(albedo=_select(ok, new, side)), metrics, ok
 
 

@@ -10,6 +10,12 @@ style mixing per batch; G EMA with decay 0.5 ** (batch / (ema_kimg * 1000))
 (rosinality fixes 0.5 ** (32 / 10000); equal at batch 32). No augmentation,
 no distributed reduction.
 
+Gradients are zeroed, not dropped (`zero_grad(set_to_none=False)`): rosinality
+calls `zero_grad()`, which zeroed them in the PyTorch 1.x it was written for.
+It matters for the parameters a regulariser does not reach (G's toRGB biases in
+Greg, D's last bias in Dreg): they take an Adam step with a zero gradient (their
+second moments decay), where set_to_none would skip them.
+
     step = TorchGANStep(g, d)           # rosinality Generator / Discriminator
     metrics = step(real)                # real (B, C, H, W) float32 in [-1, 1]
 """
@@ -109,7 +115,7 @@ class TorchGANStep:
             fake_img, _ = g(mixing_noise(batch, latent, self.mixing, device))
             fake_pred, real_pred = d(fake_img), d(real_img)
             d_loss = d_logistic_loss(real_pred.float(), fake_pred.float())
-        d.zero_grad(set_to_none=True)
+        d.zero_grad(set_to_none=False)
         d_loss.backward()
         self.d_optim.step()
         metrics["Loss/D/loss"] = d_loss.detach()
@@ -118,7 +124,7 @@ class TorchGANStep:
             real = real_img.detach().requires_grad_(True)
             with self._autocast(device):
                 r1_loss = d_r1_loss(d(real).float(), real)
-            d.zero_grad(set_to_none=True)
+            d.zero_grad(set_to_none=False)
             (self.r1 / 2 * r1_loss * self.d_reg_every).backward()
             self.d_optim.step()
             metrics["Loss/D/r1"] = r1_loss.detach()
@@ -128,7 +134,7 @@ class TorchGANStep:
         with self._autocast(device):
             fake_img, _ = g(mixing_noise(batch, latent, self.mixing, device))
             g_loss = g_nonsaturating_loss(d(fake_img).float())
-        g.zero_grad(set_to_none=True)
+        g.zero_grad(set_to_none=False)
         g_loss.backward()
         self.g_optim.step()
         metrics["Loss/G/loss"] = g_loss.detach()
@@ -140,7 +146,7 @@ class TorchGANStep:
                                       return_latents=True)
                 path_loss, self.mean_path_length, _ = g_path_regularize(
                     fake_img.float(), latents, self.mean_path_length.to(device), self.pl_decay)
-            g.zero_grad(set_to_none=True)
+            g.zero_grad(set_to_none=False)
             (self.path_regularize * self.g_reg_every * path_loss).backward()
             self.g_optim.step()
             metrics["Loss/G/pl_penalty"] = path_loss.detach()
