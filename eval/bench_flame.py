@@ -47,6 +47,8 @@ MODES = ("forward", "fwd+bwd")
 SIZES = {
     "smallest": {"batches": (1,), "repeats": 2, "warmup": 1, "budget": 2.0},
     "default": {"batches": (1, 64, 1024), "repeats": 20, "warmup": 3, "budget": 20.0},
+    # gpu_check's rows (ours on the GPU, smplx on the CPU as published), in under a minute.
+    "gpu": {"batches": (1, 1024), "repeats": 10, "warmup": 2, "budget": 5.0},
 }
 
 

@@ -45,6 +45,8 @@ SIZES = {
     "smallest": {"resolution": 8, "batch": 2, "style_dim": 8, "n_mlp": 1, "channel_max": 8,
                  "repeats": 2, "warmup": 1, "budget": 2.0},
     "default": {"resolution": 64, "batch": 4, "repeats": 5, "warmup": 1, "budget": 60.0},
+    # gpu_check's rows: one G+D training iteration at 256^2, config F channels.
+    "gpu": {"resolution": 256, "batch": 8, "repeats": 5, "warmup": 1, "budget": 20.0},
     "bfloat16": {"resolution": 1024, "batch": 8, "dtype": "bfloat16", "repeats": 5,
                  "warmup": 1, "budget": 60.0},
 }

@@ -43,6 +43,8 @@ MODES = ("forward", "fwd+bwd")
 SIZES = {
     "smallest": {"batches": (1,), "repeats": 2, "warmup": 1, "budget": 2.0},
     "default": {"batches": (1, 16, 64), "repeats": 10, "warmup": 2, "budget": 20.0},
+    # gpu_check's rows: ours on the GPU, dlib's CPU build.
+    "gpu": {"batches": (16, 64), "repeats": 5, "warmup": 1, "budget": 10.0},
 }
 
 

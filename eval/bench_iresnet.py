@@ -47,6 +47,9 @@ SIZES = {
                  "budget": 2.0},
     "default": {"arch": "iresnet100", "batches": (2, 8), "repeats": 10, "warmup": 2,
                 "budget": 30.0},
+    # gpu_check's rows: ours on the GPU, the twin on the CPU (as this benchmark runs it).
+    "gpu": {"arch": "iresnet100", "batches": (8, 32), "repeats": 5, "warmup": 1,
+            "budget": 10.0},
 }
 
 

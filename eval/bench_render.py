@@ -62,7 +62,9 @@ SIZES = {
     "smallest": {"resolutions": (32,), "batches": (1,), "texture": 64, "repeats": 2,
                  "peer_batch": 1},
     "default": {"resolutions": (224, 512), "batches": (1, 8), "texture": 512, "repeats": 3,
-                    "peer_batch": 1},
+                "peer_batch": 1},
+    # gpu_check's rows: both our rasterizers and nvdiffrast at the same batch.
+    "gpu": {"resolutions": (512,), "batches": (1, 8), "texture": 512, "repeats": 5},
 }
 
 

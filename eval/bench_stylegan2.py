@@ -55,6 +55,9 @@ SIZES = {
                  "budget": 2.0},
     "default": {"resolutions": (64, 256), "batches": (2,), "repeats": 10, "warmup": 2,
                 "budget": 20.0},
+    # gpu_check's rows: the paper's 1024^2 and a mid size, float32.
+    "gpu": {"resolutions": (256, 1024), "batches": (8,), "repeats": 5, "warmup": 2,
+            "budget": 10.0},
     "bfloat16": {"resolutions": (1024,), "batches": (8,), "dtype": "bfloat16", "repeats": 10,
                      "warmup": 2, "budget": 20.0},
 }

@@ -206,9 +206,11 @@ def markdown_table(rows: list[Row]) -> str:
 
 
 def run_benchmarks(names: list[str], size: str, options: Options, json_path=None,
-                   out=sys.stdout) -> list[Row]:
+                   out=None) -> list[Row]:
     """Runs the named benchmarks at `size`, prints progress and then the table
-    to `out`, writes the JSON to `json_path` (if given) and returns the rows."""
+    to `out` (default: sys.stdout at call time), writes the JSON to `json_path`
+    (if given) and returns the rows."""
+    out = out or sys.stdout
     names = resolve(names)
     for name in names:  # a bad size fails before anything runs
         if size not in sizes_of(name):

@@ -19,7 +19,7 @@
     face3d train --workdir DIR [--config tiny] [--set KEY=VALUE ...] [--distributed]
     face3d bench [flame|render|stylegan2|gan-step|iresnet|identity|train-step|all ...]
                  [--size smallest|default] [--json PATH] [--threads N]
-                 [--jaxrenderer-python PY]
+                 [--jaxrenderer-python PY] [--gpu-check]
 """
 
 from __future__ import annotations
@@ -122,6 +122,11 @@ def _data_generate(args):
 
 def _bench(args):
     # eval/ is imported here only: the library never depends on it (DESIGN.md).
+    if args.gpu_check:
+        from face3d_eval.gpu_check import run_gpu_check
+
+        run_gpu_check(args.json or "gpu_check.json")
+        return
     from face3d_eval.harness import Options, failed, run_benchmarks
 
     rows = run_benchmarks(args.names, args.size, Options(args.threads, args.jaxrenderer_python),
@@ -314,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--jaxrenderer-python", default=None,
                        help="interpreter of a venv with jaxrenderer, the render peer on CPU "
                             "(BUILD.md); without it that row says it was not run")
+    bench.add_argument("--gpu-check", action="store_true",
+                       help="the first GPU session's check: GPU-only tests and every GPU "
+                            "benchmark row in one JSON (--json, default gpu_check.json)")
     bench.set_defaults(func=_bench)
     return parser
 
