@@ -184,7 +184,7 @@ def run_one(name: str, size: str, options: Options) -> list[Row]:
                     details={"error": f"{type(exc).__name__}: {exc}"})]
 
 
-def _ms(x: float | None) -> str:
+def _ms(x: float | None) -> str:  # 3 significant digits or so, thousands separated
     if x is None:
         return "-"
     return f"{x:.3f}" if x < 10 else f"{x:.1f}" if x < 1000 else f"{x:,.0f}"
@@ -199,7 +199,7 @@ def markdown_table(rows: list[Row]) -> str:
         if "error" in r.details:
             peer = f"FAILED: {r.details['error']}"
         ratio = "-" if r.ratio is None else f"{r.ratio:.2f}"
-        mem = "-" if r.peak_mib is None else f"{r.peak_mib:,.0f} MiB ({r.memory})"
+        mem = "-" if r.peak_mib is None else f"{_ms(r.peak_mib)} MiB ({r.memory})"
         lines.append(f"| {r.benchmark} | {r.case} | {_ms(r.ours_ms)} | {peer.replace('|', '/')} "
                      f"| {_ms(r.peer_ms)} | {ratio} | {mem} |")
     return "\n".join(lines)
@@ -227,13 +227,14 @@ def run_benchmarks(names: list[str], size: str, options: Options, json_path=None
         seconds[name] = time.perf_counter() - start
         print(f"  {name}: {len(got)} rows in {seconds[name]:.1f} s", file=out, flush=True)
         rows.extend(got)
+        if json_path is not None:  # after each benchmark: a run cut short keeps what it did
+            write_json(json_path, {"size": size, "environment": env, "options":
+                                   dataclasses.asdict(options), "seconds": seconds,
+                                   "rows": [r.as_dict() for r in rows]})
     print("\n" + markdown_table(rows), file=out)
     print("\nratio = peer ms / ours ms (> 1: ours faster); medians, compile excluded.",
           file=out, flush=True)
     if json_path is not None:
-        write_json(json_path, {"size": size, "environment": env, "options":
-                               dataclasses.asdict(options), "seconds": seconds,
-                               "rows": [r.as_dict() for r in rows]})
         print(f"wrote {json_path}", file=out)
     return rows
 
