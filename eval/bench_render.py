@@ -2,63 +2,75 @@
 FLAME-sized face, ours against jaxrenderer (CPU) and nvdiffrast (CUDA).
 
 Scene: the built-in procedural head (5,238 vertices, 10,344 triangles), a
-512^2 random UV albedo, a pinhole camera 0.6 m away with a 30-degree vertical
-field of view, one image per yaw spread over [-30, 30] degrees across the
-batch. Ours runs `face3d_jax.render.render` (all four primitives, trilinear
-mip-mapped albedo, SH shading). Modes: forward (the image), fwd+bwd (the value
-and gradient of the mean image w.r.t. the vertices and the albedo).
+random UV albedo (512^2 by default), a pinhole camera 0.6 m away with a
+30-degree vertical field of view, one image per yaw spread over [-30, 30]
+degrees across the batch. Ours runs `face3d_jax.render.render` (all four
+primitives, trilinear mip-mapped albedo, SH shading). Modes: forward (the
+image), fwd+bwd (the value and gradient of the mean image w.r.t. the vertices
+and the albedo). Ours is compiled ahead of timing, run once, then timed
+`repeats` times with block_until_ready (median). On an accelerator, ours also
+runs with the Pallas rasterizer (`backend="pallas"`, compiled, not
+interpreted); on the CPU that kernel only runs in Pallas's interpreter, a
+test path, so it is not timed there.
 
 Peers, in the same run:
 - jaxrenderer (PyPI 0.3.2): it needs jax < 0.5, so it runs in its own
   interpreter (`--jaxrenderer-python`, a venv made as BUILD.md says) on the
   same scene (eval/peers/jaxrenderer_peer.py); its textured Phong pipeline
   tests every triangle at every pixel. Its cost is linear in the batch (a vmap
-  of one camera), so `--peer-batch` may run it at a smaller batch; per-image
+  of one camera), so `peer_batch` may run it at a smaller batch; per-image
   times are compared.
 - nvdiffrast (`import nvdiffrast.torch`, CUDA only): the same four primitives
   on the same clip-space positions, in PyTorch.
+A peer that cannot run here gives a row saying why.
 
-Prints one row per (resolution, batch, mode): ms per image for each renderer,
-the ratio peer/ours, compile time and peak memory (device memory_stats on an
-accelerator; XLA's buffer assignment for the compiled program on CPU).
+Times are ms per image; peak memory is the device's peak on an accelerator,
+XLA's buffer assignment for the compiled program on the CPU.
 
-    python -m face3d_eval.bench_render --resolutions 224 512 --batches 1 8 \
-        --jaxrenderer-python .venv-jaxrenderer/bin/python
+    face3d bench render [--size smallest|default] --jaxrenderer-python .venv-jaxrenderer/bin/python
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-try:
-    import face3d_jax  # noqa: F401
-except ImportError:  # run as `python eval/bench_render.py` from a source checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+from face3d_eval.harness import Options, PeerUnavailable, Row, import_peer
+from face3d_eval.timing import ours_memory
+from face3d_jax.flame.geometry import vertex_normals
+from face3d_jax.flame.procedural import default_model
+from face3d_jax.render import cameras
+from face3d_jax.render.renderer import PerspectiveCamera, render
+from face3d_jax.render.views import default_sh_light
 
-from face3d_jax.flame.geometry import vertex_normals  # noqa: E402
-from face3d_jax.flame.procedural import default_model  # noqa: E402
-from face3d_jax.render import cameras  # noqa: E402
-from face3d_jax.render.renderer import PerspectiveCamera, render  # noqa: E402
-from face3d_jax.render.views import default_sh_light  # noqa: E402
-
-DISTANCE, VFOV, TEXTURE = 0.6, 30.0, 512
+DISTANCE, VFOV = 0.6, 30.0
+MODES = ("forward", "fwd+bwd")
 PEER_SCRIPT = Path(__file__).resolve().parent / "peers" / "jaxrenderer_peer.py"
 
+# jaxrenderer tests every triangle at every pixel: at 512^2 about a minute per
+# image on two cores, hence a peer batch of 1 by default (per-image times).
+SIZES = {
+    "smallest": {"resolutions": (32,), "batches": (1,), "texture": 64, "repeats": 2,
+                 "peer_batch": 1},
+    "default": {"resolutions": (224, 512), "batches": (1, 8), "texture": 512, "repeats": 3,
+                "peer_batch": 1},
+    # gpu_check's rows: both our rasterizers and nvdiffrast at the same batch.
+    "gpu": {"resolutions": (512,), "batches": (1, 8), "texture": 512, "repeats": 5},
+}
 
-def make_scene(seed: int = 0):
-    """Mesh centred at the origin, per-vertex UVs, a random albedo."""
+
+def make_scene(texture: int, seed: int = 0):
+    """Mesh centred at the origin (float32), per-vertex UVs, a random (texture,
+    texture, 3) float32 albedo."""
     model = default_model()
     verts = np.asarray(model.v_template, np.float32)
     return {
@@ -67,7 +79,7 @@ def make_scene(seed: int = 0):
         "uv_coords": np.asarray(model.uv_coords, np.float32),
         "uv_faces": np.asarray(model.uv_faces, np.int32),
         "vertex_uv": np.asarray(model.vertex_uv, np.float32),
-        "texture": np.random.default_rng(seed).uniform(size=(TEXTURE, TEXTURE, 3)).astype(
+        "texture": np.random.default_rng(seed).uniform(size=(texture, texture, 3)).astype(
             np.float32),
     }
 
@@ -82,6 +94,7 @@ def yaw_batch(verts, batch):
 
 
 def camera(batch, res):
+    """The benchmark's pinhole camera for `batch` images of res x res."""
     rotation, translation = cameras.look_at_face(DISTANCE, batch)
     focal = 0.5 * res / math.tan(math.radians(VFOV) / 2)
     intrinsics = jnp.broadcast_to(jnp.array([focal, focal, res / 2, res / 2]), (batch, 4))
@@ -89,14 +102,16 @@ def camera(batch, res):
                              resolution=(res, res))
 
 
-def ours(scene, res, batch, modes, repeats):
+def ours(scene, res, batch, modes, repeats, backend="jax"):
+    """{mode: seconds per call, compile_s, peak_mib, memory, covered} for our render()."""
     verts = jnp.asarray(yaw_batch(scene["verts"], batch))
-    albedo = jnp.broadcast_to(jnp.asarray(scene["texture"]), (batch, TEXTURE, TEXTURE, 3))
+    albedo = jnp.broadcast_to(jnp.asarray(scene["texture"]),
+                              (batch,) + scene["texture"].shape)
     cam, sh = camera(batch, res), default_sh_light(batch)
 
     def image(v, a):
         return render(v, scene["faces"], scene["uv_coords"], scene["uv_faces"], a, cam,
-                      (res, res), sh_coeffs=sh).image
+                      (res, res), sh_coeffs=sh, backend=backend).image
 
     fns = {"forward": jax.jit(image),
            "fwd+bwd": jax.jit(jax.value_and_grad(lambda v, a: jnp.mean(image(v, a)),
@@ -113,21 +128,10 @@ def ours(scene, res, batch, modes, repeats):
             start = time.perf_counter()
             jax.block_until_ready(compiled(verts, albedo))
             times.append(time.perf_counter() - start)
+        peak, label = ours_memory(compiled)
         rows[mode] = {"seconds": statistics.median(times), "compile_s": compile_s,
-                      "peak_mib": peak_memory_mib(compiled), "covered": covered}
+                      "peak_mib": peak, "memory": label, "covered": covered}
     return rows
-
-
-def peak_memory_mib(compiled):
-    stats = jax.devices()[0].memory_stats() or {}
-    if "peak_bytes_in_use" in stats:
-        return stats["peak_bytes_in_use"] / 2**20
-    analysis = compiled.memory_analysis()
-    if analysis is None:
-        return None
-    total = (analysis.temp_size_in_bytes + analysis.argument_size_in_bytes
-             + analysis.output_size_in_bytes)
-    return total / 2**20
 
 
 def jaxrenderer(python, scene, res, batch, modes, repeats):
@@ -140,24 +144,31 @@ def jaxrenderer(python, scene, res, batch, modes, repeats):
                  faces=scene["faces"], texture=scene["texture"], distance=DISTANCE, vfov=VFOV)
         cmd = [python, str(PEER_SCRIPT), str(path), "--resolution", str(res), "--batch",
                str(batch), "--repeats", str(repeats), "--modes", *modes]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        except OSError as exc:  # no such interpreter
+            return {"error": f"cannot start {python}: {exc.strerror}"}
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"error": f"jaxrenderer peer failed: {tail}"}
+        return {"error": f"failed: {tail}"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def nvdiffrast_peer(scene, res, batch, modes, repeats):
-    """The same four primitives with nvdiffrast on CUDA (not run without a GPU)."""
-    import torch
-    import nvdiffrast.torch as dr
+    """The same four primitives with nvdiffrast on CUDA; PeerUnavailable without
+    CUDA or nvdiffrast."""
+    torch = import_peer("torch", "pip install 'face3d-jax[torch]'")
+    if not torch.cuda.is_available():
+        raise PeerUnavailable("needs CUDA (none here)")
+    dr = import_peer("nvdiffrast.torch", "pip install nvdiffrast, on a CUDA machine")
+    texture = scene["texture"].shape[0]
 
     dev = torch.device("cuda")
     ctx = dr.RasterizeCudaContext(device=dev)
     cam = camera(batch, res)
     clip = np.asarray(cam.project(jnp.asarray(yaw_batch(scene["verts"], batch))))
     pos = torch.tensor(clip, device=dev, requires_grad=True)
-    tex = torch.tensor(np.broadcast_to(scene["texture"], (batch, TEXTURE, TEXTURE, 3)).copy(),
+    tex = torch.tensor(np.broadcast_to(scene["texture"], (batch, texture, texture, 3)).copy(),
                        device=dev, requires_grad=True)
     tri = torch.tensor(scene["faces"], device=dev)
     uv_tri = torch.tensor(scene["uv_faces"], device=dev)
@@ -173,7 +184,7 @@ def nvdiffrast_peer(scene, res, batch, modes, repeats):
 
     rows = {}
     for mode in modes:
-        def step():
+        def step(mode=mode):
             if mode == "forward":
                 with torch.no_grad():
                     return image()
@@ -195,70 +206,48 @@ def nvdiffrast_peer(scene, res, batch, modes, repeats):
     return rows
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--resolutions", type=int, nargs="+", default=[224, 512])
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--modes", nargs="+", default=["forward", "fwd+bwd"],
-                        choices=["forward", "fwd+bwd"])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--jaxrenderer-python", default=None,
-                        help="interpreter of a venv with jaxrenderer (BUILD.md); none: skip")
-    parser.add_argument("--peer-batch", type=int, default=None,
-                        help="batch for jaxrenderer (default: the same); per-image times compared")
-    parser.add_argument("--peer-modes", nargs="+", default=None,
-                        help="modes for jaxrenderer (default: --modes)")
-    parser.add_argument("--nvdiffrast", action="store_true", help="also run nvdiffrast (CUDA)")
-    parser.add_argument("--out", default=None, help="also write the rows as JSON")
-    args = parser.parse_args(argv)
-
-    scene = make_scene()
-    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}; mesh "
-          f"{len(scene['verts'])} vertices, {len(scene['faces'])} triangles; albedo {TEXTURE}^2")
-    print(f"{'res':>5} {'batch':>5} {'mode':>8} {'ours ms/img':>12} {'peer':>12} "
-          f"{'peer ms/img':>12} {'peer/ours':>9} {'compile s':>9} {'peak MiB':>9}")
+def run(options: Options, resolutions, batches, texture, repeats, peer_batch=None,
+        modes=MODES) -> list[Row]:
+    """One row per (resolution, batch, mode, peer); ms per image."""
+    scene = make_scene(texture)
+    # Our backends: the Pallas rasterizer only where it compiles (not the CPU's interpreter).
+    backends = ["jax"] + (["pallas"] if jax.default_backend() != "cpu" else [])
+    peer_runs = {}  # (res, peer batch) -> jaxrenderer's result: one run per size
     rows = []
-    peer_runs = {}  # (res, peer batch) -> result: a fixed --peer-batch runs once per size
-    for res in args.resolutions:
-        for batch in args.batches:
-            mine = ours(scene, res, batch, args.modes, args.repeats)
+    for res in resolutions:
+        for batch in batches:
             peers = {}
-            if args.jaxrenderer_python:
-                pb = args.peer_batch or batch
+            if options.jaxrenderer_python:
+                pb = peer_batch or batch
                 if (res, pb) not in peer_runs:
-                    peer_runs[res, pb] = jaxrenderer(args.jaxrenderer_python, scene, res, pb,
-                                                     args.peer_modes or args.modes, args.repeats)
+                    peer_runs[res, pb] = jaxrenderer(options.jaxrenderer_python, scene, res, pb,
+                                                     modes, repeats)
                 peers["jaxrenderer"] = (pb, peer_runs[res, pb])
-            if args.nvdiffrast:
-                peers["nvdiffrast"] = (batch, nvdiffrast_peer(scene, res, batch, args.modes,
-                                                              args.repeats))
-            for mode in args.modes:
-                ms = 1000 * mine[mode]["seconds"] / batch
-                row = {"resolution": res, "batch": batch, "mode": mode, "ours_ms_per_image": ms,
-                       "compile_s": mine[mode]["compile_s"], "peak_mib": mine[mode]["peak_mib"],
-                       "covered": mine[mode]["covered"]}
-                printed = False
-                for name, (pb, result) in peers.items():
-                    if "error" in result:
-                        print(f"  {name}: {result['error']}")
-                        continue
-                    if mode not in result:
-                        continue
-                    peer_ms = 1000 * result[mode]["seconds"] / pb
-                    row[f"{name}_ms_per_image"] = peer_ms
-                    row[f"{name}_batch"] = pb
-                    print(f"{res:>5} {batch:>5} {mode:>8} {ms:>12.1f} {name:>12} {peer_ms:>12.1f} "
-                          f"{peer_ms / ms:>8.1f}x {row['compile_s']:>9.1f} "
-                          f"{row['peak_mib'] or float('nan'):>9.0f}")
-                    printed = True
-                if not printed:
-                    print(f"{res:>5} {batch:>5} {mode:>8} {ms:>12.1f} {'-':>12} {'-':>12} "
-                          f"{'-':>9} {row['compile_s']:>9.1f} "
-                          f"{row['peak_mib'] or float('nan'):>9.0f}")
-                rows.append(row)
-    if args.out:
-        Path(args.out).write_text(json.dumps(rows, indent=1))
-
-
-if __name__ == "__main__":
-    main()
+            else:
+                peers["jaxrenderer"] = (batch, {"error": "not run (give --jaxrenderer-python, "
+                                                         "BUILD.md)"})
+            try:
+                peers["nvdiffrast"] = (batch, nvdiffrast_peer(scene, res, batch, modes, repeats))
+            except PeerUnavailable as exc:
+                peers["nvdiffrast"] = (batch, {"error": str(exc)})
+            for backend in backends:
+                mine = ours(scene, res, batch, modes, repeats, backend)
+                for mode in modes:
+                    ms = 1000 * mine[mode]["seconds"] / batch
+                    for name, (pb, result) in peers.items():
+                        ok = "error" not in result and mode in result
+                        note = result.get("error") or (None if ok else f"no {mode} run")
+                        details = {"resolution": res, "batch": batch, "mode": mode,
+                                   "backend": backend, "texture": texture,
+                                   "compile_s": mine[mode]["compile_s"],
+                                   "covered": mine[mode]["covered"]}
+                        if ok:
+                            details.update(peer_batch=pb, peer_peak_mib=result[mode].get(
+                                "peak_mib"), peer_covered=result.get("covered"))
+                        rows.append(Row(
+                            "render", f"{res}^2 B={batch} {mode}"
+                            + ("" if backend == "jax" else f" ({backend})") + ", per image",
+                            ms, name, 1000 * result[mode]["seconds"] / pb if ok else None,
+                            note, peak_mib=mine[mode]["peak_mib"], memory=mine[mode]["memory"],
+                            details=details))
+    return rows

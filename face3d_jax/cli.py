@@ -17,6 +17,9 @@
                    [--boundaries DIR] [--resolution R] [--albedo-size A] [--fit-steps K]
     face3d identity-head --workdir DIR [--config tiny] [--set KEY=VALUE ...]
     face3d train --workdir DIR [--config tiny] [--set KEY=VALUE ...] [--distributed]
+    face3d bench [flame|render|stylegan2|gan-step|iresnet|identity|train-step|all ...]
+                 [--size smallest|default] [--json PATH] [--threads N]
+                 [--jaxrenderer-python PY] [--gpu-check]
 """
 
 from __future__ import annotations
@@ -115,6 +118,21 @@ def _data_generate(args):
           f"{r.not_detected}) to {r.dataset_dir}; {r.shards_generated} shards generated, "
           f"{r.shards_skipped} resumed; {r.generation_images_per_s:.2f} images/s generated, "
           f"{r.albedo_images_per_s:.2f} images/s albedo")
+
+
+def _bench(args):
+    # eval/ is imported here only: the library never depends on it (DESIGN.md).
+    if args.gpu_check:
+        from face3d_eval.gpu_check import run_gpu_check
+
+        run_gpu_check(args.json or "gpu_check.json")
+        return
+    from face3d_eval.harness import Options, failed, run_benchmarks
+
+    rows = run_benchmarks(args.names, args.size, Options(args.threads, args.jaxrenderer_python),
+                          json_path=args.json)
+    if failed(rows):
+        raise RuntimeError(f"{len(failed(rows))} benchmark(s) failed (rows marked FAILED)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -284,6 +302,27 @@ def build_parser() -> argparse.ArgumentParser:
     ih.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config field (as for train)")
     ih.set_defaults(func=_identity_head)
+
+    bench = sub.add_parser("bench", help="benchmarks against their peers (PyTorch, smplx, "
+                                         "dlib, jaxrenderer, nvdiffrast): one markdown table "
+                                         "and one JSON")
+    bench.add_argument("names", nargs="*", default=["all"], metavar="NAME",
+                       help="flame, render, stylegan2, gan-step, iresnet, identity, "
+                            "train-step, or all (default)")
+    bench.add_argument("--size", default="default",
+                       help="smallest (seconds each: what the tests run) or default "
+                            "(the figures to quote)")
+    bench.add_argument("--json", default=None, help="also write the rows as JSON")
+    bench.add_argument("--threads", type=int, default=None,
+                       help="torch.set_num_threads (XLA uses every usable core; restrict "
+                            "both with taskset)")
+    bench.add_argument("--jaxrenderer-python", default=None,
+                       help="interpreter of a venv with jaxrenderer, the render peer on CPU "
+                            "(BUILD.md); without it that row says it was not run")
+    bench.add_argument("--gpu-check", action="store_true",
+                       help="the first GPU session's check: GPU-only tests and every GPU "
+                            "benchmark row in one JSON (--json, default gpu_check.json)")
+    bench.set_defaults(func=_bench)
     return parser
 
 

@@ -25,7 +25,7 @@ def test_render_writes_pngs(tmp_path):
                                   ["render", "--help"],
                                   ["assets", "make-default", "--help"],
                                   ["assets", "import-flame", "--help"],
-                                  ["identity-head", "--help"]])
+                                  ["identity-head", "--help"], ["bench", "--help"]])
 def test_help(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
