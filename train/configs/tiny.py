@@ -5,8 +5,9 @@ Everything not overridden here is `paper.py`'s, including every loss weight.
 What changes: sizes (128^2 images, 64^2 crops and albedo, 32^2 displacement,
 StyleGAN2 channels capped at 32, 2 mapping layers), a tiny dataset made on the
 fly, E_shape on the shipped dlib face network (pretrained, offline) instead of
-ArcFace's iresnet100, a short schedule and, for it, a 10x larger learning rate
-of E_shape's heads and G_Disp.
+ArcFace's iresnet100, F given a head fitted on teacher identities (an aid the
+paper does not need: its F sees real faces), a short schedule and, for it, a
+10x larger learning rate of E_shape's heads and G_Disp.
 """
 
 from __future__ import annotations
