@@ -1,4 +1,4 @@
-"""The synthetic teacher world (face3d_jax/data/teacher.py): determinism, shapes
+"""The synthetic teacher world (face3d_jax/teacher/): determinism, shapes
 and ranges, disentangled edits, labels against measurements on the FLAME mesh,
 the UV bake and detail normals against independent computations, the command.
 
