@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from face3d_kernels import _checks
+from face3d_kernels import checks
 
 
 def interpolate(attr, rast, tri, rast_db=None, diff_attrs=None):
@@ -39,8 +39,8 @@ def interpolate(attr, rast, tri, rast_db=None, diff_attrs=None):
         rast_db and diff_attrs are given.
     """
     fn = "interpolate"
-    attr = _checks.float_array(attr, "attr", fn)
-    rast = _checks.float_array(rast, "rast", fn)
+    attr = checks.float_array(attr, "attr", fn)
+    rast = checks.float_array(rast, "rast", fn)
     if rast.ndim != 4 or rast.shape[-1] != 4:
         raise ValueError(f"{fn}: rast must be (B, H, W, 4), got {rast.shape}")
     batch = rast.shape[0]
@@ -48,9 +48,9 @@ def interpolate(attr, rast, tri, rast_db=None, diff_attrs=None):
         raise ValueError(f"{fn}: attr must be (B, V, C) with B = {batch} or (V, C), "
                          f"got {attr.shape}")
     num_vertices, channels = attr.shape[-2], attr.shape[-1]
-    tri = _checks.triangles(tri, num_vertices, fn)
+    tri = checks.triangles(tri, num_vertices, fn)
     if rast_db is not None:
-        rast_db = _checks.float_array(rast_db, "rast_db", fn)
+        rast_db = checks.float_array(rast_db, "rast_db", fn)
         if rast_db.shape != rast.shape:
             raise ValueError(f"{fn}: rast_db must have rast's shape {rast.shape}, "
                              f"got {rast_db.shape}")

@@ -41,7 +41,7 @@ import importlib.util
 import jax
 import jax.numpy as jnp
 
-from face3d_kernels import _checks, coverage, raster_pallas
+from face3d_kernels import checks, coverage, raster_pallas
 
 BACKENDS = ("jax", "pallas", "nvdiffrast")
 
@@ -87,11 +87,11 @@ def rasterize(pos, tri, resolution, *, grad_db: bool = True, backend: str = "jax
         zeros where empty; None if grad_db is False.
     """
     _check_backend(backend)
-    height, width = _checks.resolution(resolution, "rasterize")
-    pos = _checks.float_array(pos, "pos", "rasterize")
+    height, width = checks.resolution(resolution, "rasterize")
+    pos = checks.float_array(pos, "pos", "rasterize")
     if pos.ndim != 3 or pos.shape[-1] != 4:
         raise ValueError(f"rasterize: pos must be (B, V, 4) clip-space positions, got {pos.shape}")
-    tri = _checks.triangles(tri, pos.shape[1], "rasterize")
+    tri = checks.triangles(tri, pos.shape[1], "rasterize")
     if capacity is not None and int(capacity) < 1:
         raise ValueError(f"rasterize: capacity must be >= 1, got {capacity}")
     if capacity is None and backend == "jax":
