@@ -15,6 +15,7 @@ Functions and equations:
     symmetric_reconstruction_loss  Sec. 4.1 MSE(I, I_ren) + MSE(I', I'_ren) over the face mask
     shape_center_loss              Eq. 4   sum_i sum_k ||s_ik - mu_i||^2
     regularization_loss            Eq. 5   ||s||^2 + ||psi||^2 + ||D_Geom||_F^2
+    vertex_loss                    MICA's  region-weighted L1 of neutral vertices (the shape prior)
 
 Conventions: images NHWC float32; a loss returns a float32 scalar; batch means
 unless the equation says sum (Eq. 4). Masks are (B, H, W) or (B, H, W, 1) in
@@ -252,3 +253,24 @@ def regularization_loss(shape: jax.Array, expression: jax.Array,
         per_image = per_image + jnp.sum(jnp.square(d.reshape(d.shape[0], -1)), axis=1)
     return jnp.mean(per_image)
 
+
+
+def vertex_loss(vertices: jax.Array, vertices_target: jax.Array,
+                weights: jax.Array | None = None) -> jax.Array:
+    """MICA's 3D supervision (Zielonka et al. 2022, `compute_losses`): the mean
+    over batch, vertices and axes of |v - v_gt| * w, times 1000 (metres to
+    millimetres). It trains E_shape's shape prior (`face3d_train.prior`).
+
+    vertices, vertices_target: (B, V, 3) float32 metres (neutral meshes).
+    weights: (V,) or (B, V) per-vertex region weights (MICA's mask: 150 on the
+    face, 1 elsewhere), or None for all ones. Returns a float32 scalar.
+    """
+    v = jnp.asarray(vertices, jnp.float32)
+    t = jnp.asarray(vertices_target, jnp.float32)
+    if v.shape != t.shape or v.ndim != 3:
+        raise ValueError(f"vertex_loss: vertices {v.shape} and target {t.shape} must both be "
+                         "(B, V, 3)")
+    diff = jnp.abs(v - t)
+    if weights is not None:
+        diff = diff * jnp.broadcast_to(jnp.asarray(weights, jnp.float32), v.shape[:2])[..., None]
+    return 1000.0 * jnp.mean(diff)

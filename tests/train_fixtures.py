@@ -27,6 +27,7 @@ def micro_config(dataset_dir: str = ""):
     c.model.displacement.update(dict(resolution=8, channel_max=8, n_mlp=1))
     c.model.identity.update(dict(chip_size=72))
     c.model.identity.world_head.identities = 0  # its fit is tested in test_identity.py
+    c.prior.identities = 0  # the shape prior is tested in test_prior.py
     c.model.render_size = CROP
     c.schedule.update(dict(total_steps=6, albedo_pretrain_steps=2, shape_steps=2,
                            albedo_steps=2))

@@ -8,7 +8,9 @@ What a run does:
      and F's teacher-world head when the config asks for one
      (<workdir>/identity_head.npz, fitted when missing: `face3d_train.identity`);
   2. the networks and the train state, or the state of the last checkpoint in
-     <workdir>/checkpoints with the data position it was saved at;
+     <workdir>/checkpoints with the data position it was saved at; a new run
+     starts E_shape from its shape prior when the config asks for one
+     (<workdir>/shape_prior, trained when missing: `face3d_train.prior`);
   3. one `jax.sharding.Mesh` over all devices (axis "data"): batches are
      sharded along it, the state is replicated, and the step is jit-compiled
      ahead of time with explicit shardings and the state donated; the compiled
@@ -50,6 +52,7 @@ from face3d_train.checkpoint import Checkpointer
 from face3d_train.data import Batches, ensure_dataset, to_global
 from face3d_train.identity import ensure_identity_head
 from face3d_train.metrics import MetricWriter
+from face3d_train.prior import ensure_shape_prior
 from face3d_train.state import PHASES, make_setup
 from face3d_train.step import make_step
 
@@ -94,8 +97,10 @@ class Trainer:
             raise ValueError(f"batch {batch} (data.identities_per_batch x images_per_identity) "
                              f"does not split over {mesh.size} devices")
 
-    def init_state(self):
-        return jax.device_put(self.setup.init_state(self.state_key), self.replicated)
+    def init_state(self, prior=None):
+        """The state at step 0; prior: E_shape's (params, buffers) to start from
+        (the shape prior), else the networks' initialisation."""
+        return jax.device_put(self.setup.init_state(self.state_key, prior), self.replicated)
 
     def abstract_state(self):
         shapes = jax.eval_shape(self.setup.init_state, self.state_key)
@@ -166,7 +171,8 @@ def train(config, workdir, *, progress: bool = True, stop_after: int | None = No
                       async_save=bool(ck.async_save)) as ckpt, MetricWriter(workdir) as writer:
         start = ckpt.latest_step()
         if start is None:
-            state, start = trainer.init_state(), 0
+            prior = ensure_shape_prior(config, workdir, trainer.setup, progress=progress)
+            state, start = trainer.init_state(prior), 0
         else:
             state, meta = ckpt.restore(trainer.abstract_state(), start)
             batches.seek(meta["data_position"])

@@ -93,9 +93,14 @@ class Setup:
         in_shape = jnp.mod(jnp.maximum(after, 0), max(cycle, 1)) < int(s.shape_steps)
         return jnp.where(after < 0, 0, jnp.where(in_shape, 1, 2)).astype(jnp.int32)
 
-    def init_state(self, key: jax.Array) -> TrainState:
-        """The state at step 0 (parameters from `make_setup`'s key, fresh Adams)."""
+    def init_state(self, key: jax.Array, prior=None) -> TrainState:
+        """The state at step 0 (parameters from `make_setup`'s key, fresh Adams).
+        prior: (params, buffers) of E_shape to start from instead, nnx.States
+        of the same structure (the shape prior, `face3d_train.prior`)."""
         params, buffers = self.initial[0]
+        if prior is not None:
+            params = {**params, "encoder": prior[0]}
+            buffers = {**buffers, "encoder": prior[1]}
         shape_params = {"encoder": params["encoder"], "displacement": params["displacement"]}
         return TrainState(
             step=jnp.zeros((), jnp.int32), key=key,
@@ -142,8 +147,8 @@ def shape_optimizer(cfg) -> optax.GradientTransformation:
     """Adam of the shape side (Sec. 5.2: lr 1e-4).
 
     The pretrained backbone of E_shape runs at lr * `backbone_lr_scale` (1 in the
-    paper config), so a config that speeds up the freshly initialised heads and
-    G_Disp does not also shake the converted face network. With
+    paper config; 0 freezes it), so a config can train the heads and G_Disp
+    without shaking the converted face network. With
     `frozen_backbone_stages` = n > 0 an iresnet's stem and first n stages are
     not updated at all: MICA's ArcFace freezes the stem and stages 1-3 and
     trains stage 4, fc and the embedding's BatchNorm (MICA's models/arcface.py,
@@ -163,13 +168,17 @@ def shape_optimizer(cfg) -> optax.GradientTransformation:
         names = _path_names(path)
         if names[:2] != ["encoder", "backbone"]:
             return "rest"
+        if scale == 0.0:
+            return "frozen"
         return "frozen" if names[2:3] and names[2] in frozen_names else "backbone"
 
     def labels(params):
         return jax.tree_util.tree_map_with_path(label, params)
 
-    transforms = {"backbone": _adam(float(cfg.lr) * scale, cfg.b1, cfg.b2), "rest": base}
-    if frozen:  # only then: a run without it keeps the optimizer state it always had
+    transforms = {"rest": base}
+    if scale != 0.0:
+        transforms["backbone"] = _adam(float(cfg.lr) * scale, cfg.b1, cfg.b2)
+    if frozen or scale == 0.0:  # only then: other runs keep the optimizer state they had
         transforms["frozen"] = optax.set_to_zero()
     return optax.multi_transform(transforms, labels)
 

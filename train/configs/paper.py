@@ -63,6 +63,15 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.perceptual = ml_collections.ConfigDict(dict(weights=""))
     c.model.render_size = 224
 
+    # The shape prior (`face3d_train.prior`): E_shape trained with 3D supervision
+    # before alternating descent. The paper's prior is MICA's weights
+    # (model.encoder.weights = mica.tar), so identities 0 skips the stage; the
+    # other values are MICA's: Adam 1e-4 for the mapping and 1e-3 for ArcFace
+    # (backbone_lr_scale 10), the face region weighted 150 against 1.
+    c.prior = ml_collections.ConfigDict(dict(
+        identities=0, views=2, steps=1000, batch=32, lr=1e-4, backbone_lr_scale=10.0,
+        face_weight=150.0, chunk=128))
+
     c.schedule = ml_collections.ConfigDict(dict(
         total_steps=400_000, albedo_pretrain_steps=100_000, shape_steps=1000, albedo_steps=1000))
 
