@@ -14,7 +14,15 @@ training starts from the mean face seen by a camera that frames the crop
                 (pretrained, offline; the default of the small configs);
   "iresnet*"    ArcFace's iresnet (the paper: initialised from MICA's
                 weights, `encoder.weights` = a torch file), on 112^2 input.
-Backbone features are the last stage's map, averaged over space.
+Backbone features are the last stage's map, averaged over space, and the
+linear head reads them standardised by fixed statistics (`FeatureStats`:
+mean 0 and scale 1, i.e. the raw features, until the shape prior sets those
+of its training crops, `face3d_train.prior`). Why: dlib's pooled features are
+all positive (mean 1.2, spread 0.1), so every Adam step of a head on the raw
+features moves the codes of all images the same way by about lr x the sum of
+the features (~300 lr): in `tiny` 10 shape steps at 1e-3 took the prior's
+codes from |s|^2 ~ 300 to ~5000 and the NoW-region error from 3.1 to 21.7 mm.
+On centred features a step's common move is the bias's alone.
 
 Shape head (`encoder.shape_head`): "linear" (the shape rows of the one
 linear head, DECA's layout) or "mica" (the paper's: Sec. 5.2 initialises
@@ -56,6 +64,11 @@ from face3d_jax.nets.stylegan2 import Discriminator, Generator, StyleGAN2Config
 from face3d_jax.render.views import default_sh_light
 
 POSE_DIM, CAMERA_DIM, LIGHT_DIM = 6, 3, 27
+
+
+class FeatureStats(nnx.Variable):
+    """Fixed input statistics of E_shape's linear head: not trained (not an
+    nnx.Param), set once by the shape prior."""
 # dlib's network has unpadded strided layers: below 72 px its last stage is empty.
 DLIB_MIN_INPUT = 72
 
@@ -147,6 +160,8 @@ class ShapeEncoder(nnx.Module):
         outputs = layout.size - (layout.num_shape if mica is not None else 0)
         self.head = nnx.Linear(width, outputs, kernel_init=nnx.initializers.zeros,
                                bias_init=nnx.initializers.zeros, rngs=rngs)
+        self.feature_mean = FeatureStats(jnp.zeros((width,), jnp.float32))
+        self.feature_scale = FeatureStats(jnp.ones((width,), jnp.float32))
 
     def feature_map(self, crops: jax.Array) -> jax.Array:
         """The backbone's last-stage map of crops (B, c, c, 3) in [0, 1], resized
@@ -165,7 +180,8 @@ class ShapeEncoder(nnx.Module):
 
     def shape_features(self, crops: jax.Array) -> jax.Array:
         """What the shape head reads, (B, D) float32: the map averaged over space
-        (linear head) or ArcFace's embedding, L2-normalised (MICA's head)."""
+        (linear head; before its `FeatureStats`) or ArcFace's embedding,
+        L2-normalised (MICA's head)."""
         feat = self.feature_map(crops)
         if self.mica is None:
             return jnp.mean(feat.astype(jnp.float32), axis=(1, 2))
@@ -173,7 +189,8 @@ class ShapeEncoder(nnx.Module):
 
     def __call__(self, crops: jax.Array) -> jax.Array:
         feat = self.feature_map(crops)
-        out = self.head(jnp.mean(feat.astype(jnp.float32), axis=(1, 2)))
+        pooled = jnp.mean(feat.astype(jnp.float32), axis=(1, 2))
+        out = self.head((pooled - self.feature_mean[...]) / self.feature_scale[...])
         if self.mica is None:
             return out
         return jnp.concatenate([self.mica(self._mica_input(feat)), out], axis=-1)
