@@ -48,6 +48,7 @@ def test_step_zero_scores_the_mean_face(run):
     want_now = np.mean(np.asarray(metrics.mesh_error_mm(mean.vertices, truth.neutral, scale=True,
                                                    mask=face)))
     np.testing.assert_allclose(got["eval/shape_error_now_mm"], want_now, rtol=1e-4)
+    np.testing.assert_allclose(got["eval/shape_error_now_mm_mean_face"], want_now, rtol=1e-4)
     assert want_now != pytest.approx(want_shape, rel=1e-2)  # the region is not the head
 
     # DECA's batch_orth_proj: s * (X + t), y flipped, NDC -> pixels.

@@ -10,6 +10,9 @@ Metrics (written to metrics.jsonl and TensorBoard under eval/):
   shape_error_now_mm      shape_error_mm over NoW's face region only
                   (`metrics.now_face_mask` of the true mesh), aligned
                   on it: what the NoW benchmark (the paper's Table 1) scores
+  shape_error_now_mm_mean_face   the same of the mean face (shape code 0):
+                  the yardstick of the two above (constant over a run; at
+                  step 0 shape_error_now_mm is the shape prior's)
   albedo_psnr     PSNR (dB) of G_Ab's EMA albedo against the teacher's albedo
                   over the face region of the UV layout
   landmark_px     mean 2D landmark distance in crop pixels
@@ -103,6 +106,9 @@ class HeldOutEval:
             "shape_error_metric_mm": jnp.mean(metrics.mesh_error_mm(pred, neutral)),
             "shape_error_now_mm": jnp.mean(metrics.mesh_error_mm(
                 pred, neutral, scale=True, mask=now_mask)),
+            "shape_error_now_mm_mean_face": jnp.mean(metrics.mesh_error_mm(
+                metrics.neutral_vertices(self.setup.model, jnp.zeros_like(ctx.codes["shape"])),
+                neutral, scale=True, mask=now_mask)),
             "albedo_psnr": jnp.mean(metrics.albedo_psnr(ctx.albedo, albedo_true, face_mask)),
             "landmark_px": jnp.mean(jnp.linalg.norm(r.landmarks2d - batch["landmarks"], axis=-1)),
             "camera_scale": jnp.mean(ctx.codes["camera"][:, 0]) / self.setup.camera_prior[0],
