@@ -48,6 +48,13 @@ def test_backbone_scale_and_micas_frozen_stages(params):
         assert _step_size(part) == {1e-4}
 
 
+def test_a_zero_backbone_scale_freezes_the_whole_backbone(params):
+    up = _first_update(params, backbone_lr_scale=0.0)
+    assert _step_size(up["encoder"]["backbone"]) == {0.0}
+    for part in (up["encoder"]["head"], up["encoder"]["mica"], up["displacement"]):
+        assert _step_size(part) == {1e-4}
+
+
 def test_defaults_move_everything_at_lr(params):
     assert _step_size(_first_update(params)) == {1e-4}
     up = _first_update(params, frozen_backbone_stages=1)
