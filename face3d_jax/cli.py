@@ -283,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="the main job: AlbedoGAN pre-training and alternating "
                                       "descent of shape and albedo (resumable)")
     tr.add_argument("--config", default="tiny",
-                    help="'tiny' (2-core CPU, default), 'paper', or a .py with get_config()")
+                    help="'tiny' (2-core CPU, default), 'small' (tiny for 2 hours), 'paper', "
+                         "or a .py with get_config()")
     tr.add_argument("--workdir", required=True,
                     help="run folder: data, checkpoints, metrics.jsonl, tensorboard/ (rerun "
                          "to resume)")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import ml_collections
 
-NAMES = ("paper", "tiny")
+NAMES = ("paper", "tiny", "small")
 
 
 def load(name_or_path: str) -> ml_collections.ConfigDict:
