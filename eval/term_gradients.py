@@ -7,7 +7,8 @@ its cosine with the direction to the true shape.
 For a researcher reweighing losses (Sec. 4.1, `losses.shape`): on G x K
 held-out samples (G identities seen K ways, `teacher.identity_views`,
 batched as the trainer batches them, so the shape-centre term is defined), it
-takes the state at step 0 and at every checkpoint in WORKDIR/checkpoints, and
+takes the state at step 0 (with the run's shape prior and F's head, if any)
+and at every checkpoint in WORKDIR/checkpoints, and
 for each weighted term t of the shape phase computes g_t = d(weight_t * t) /
 d(shape codes) (B, S), holding everything else of the step fixed (G_Ab's EMA
 albedo, the generators' constant noise). It prints |g_t| (mean over samples)
@@ -41,7 +42,9 @@ from face3d_train.checkpoint import Checkpointer  # noqa: E402
 from face3d_train.configs import apply_overrides, load  # noqa: E402
 from face3d_train.data import generate_config  # noqa: E402
 from face3d_train.evaluation import held_out_batch  # noqa: E402
+from face3d_train.identity import ensure_identity_head  # noqa: E402
 from face3d_train.loop import Trainer, load_model, make_mesh  # noqa: E402
+from face3d_train.prior import ensure_shape_prior  # noqa: E402
 from face3d_train.step import Nets, context  # noqa: E402
 
 _FIRST = 5  # leading shape coefficients of the second cosine
@@ -104,7 +107,12 @@ def main(argv=None) -> None:
 
     config = apply_overrides(load(args.config), args.set)
     model = load_model(config)
-    trainer = Trainer(config, model, make_mesh(jax.devices()[:1]))
+    # The run's F head and shape prior, as its training used them (none
+    # without a workdir: F without a head, E_shape from its initialisation).
+    head = ensure_identity_head(config, args.workdir, model=model) if args.workdir else None
+    trainer = Trainer(config, model, make_mesh(jax.devices()[:1]), identity_head=head)
+    prior = (ensure_shape_prior(config, args.workdir, trainer.setup, progress=False)
+             if args.workdir else None)
     groups, views = trainer.setup.groups
     teacher = TeacherSource(generate_config(config), model).world
     seed = int(config.eval.seed) if args.seed is None else args.seed
@@ -123,7 +131,7 @@ def main(argv=None) -> None:
                                                  async_save=False)) if args.workdir else None)
         steps = [0] + ([s for s in ckpt.all_steps() if s != 0] if ckpt else [])
         for step in steps:
-            state = (trainer.init_state() if step == 0
+            state = (trainer.init_state(prior) if step == 0
                      else ckpt.restore(trainer.abstract_state(), step)[0])
             parts = [term_gradients(state, b) for b in batches]
             pred = np.concatenate([p[0] for p in parts])
