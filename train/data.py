@@ -3,6 +3,7 @@
     folder = ensure_dataset(config, workdir)            # generates it when missing
     batches = Batches(folder, config, seed)             # an endless, resumable iterator
     host = next(batches); position = batches.position()  # JSON-able, for checkpoints
+    mean = mean_albedo(folder)                          # the training set's mean A_GT
 
 `face3d data generate` writes the dataset (a TFDS ArrayRecord folder); the
 grain loader of face3d_jax.data.loader reads G identities x K images per batch
@@ -27,6 +28,7 @@ import jax
 import numpy as np
 
 from face3d_jax.data import dataset as ds
+from face3d_jax.data import tfds_builder
 from face3d_jax.data.loader import make_loader
 from face3d_jax.faces.crop import crop_matrix, transform_points
 
@@ -51,6 +53,24 @@ def ensure_dataset(config, workdir, *, progress: bool = True, source=None) -> Pa
     folder = Path(workdir) / "data"
     ds.generate(generate_config(config), folder, progress=progress, source=source)
     return folder
+
+
+def mean_albedo(folder, limit: int = 2048) -> np.ndarray:
+    """The mean pseudo-ground-truth albedo A_GT of a dataset's training split:
+    the one map a G_Ab that ignored w would learn under a squared error (the
+    baseline of `evaluation.HeldOutEval`). Averaged over every record, or over
+    `limit` records evenly spaced through the split when it holds more (the
+    paper's 110,000 maps at 1024^2 are not worth reading for a baseline).
+
+    Args:
+      folder: a dataset folder (`ensure_dataset`); limit: at most this many records.
+    Returns:
+      (Ta, Ta, 3) float32 in [0, 1], row 0 at v = 1.
+    """
+    records = tfds_builder.load_builder(folder).as_data_source()["train"]
+    picks = np.unique(np.linspace(0, len(records) - 1, min(len(records), limit)).round())
+    total = sum(np.asarray(records[int(i)]["albedo"], np.float64) for i in picks)
+    return (total / (255.0 * len(picks))).astype(np.float32)
 
 
 def prepare(record: dict, crop_size: int) -> dict:

@@ -15,6 +15,19 @@ Metrics (written to metrics.jsonl and TensorBoard under eval/):
                   step 0 shape_error_now_mm is the shape prior's)
   albedo_psnr     PSNR (dB) of G_Ab's EMA albedo against the teacher's albedo
                   over the face region of the UV layout
+  albedo_psnr_mean_baseline   the same for the training set's mean A_GT
+                  (`data.mean_albedo`), one map for every identity: what a
+                  G_Ab that ignored w would score. albedo_psnr above it means
+                  G_Ab tells the held-out identities' albedos apart from w
+  id_similarity   cosine of F's embeddings of each target (the held-out crop)
+                  and of its render with G_Ab's EMA albedo, each aligned as the
+                  identity term aligns them, mean over the identities (1 -
+                  `identity`)
+  id_similarity_mean_albedo   the same with the render's albedo replaced by the
+                  training set's mean A_GT (same shape, expression, pose,
+                  camera, light and displacement): id_similarity above it
+                  means the generated albedo makes the render look more like
+                  its person than the average face's colours do
   landmark_px     mean 2D landmark distance in crop pixels
   camera_scale    E_shape's weak-perspective scale over the crop prior's
                   (`models.crop_camera_prior`), mean: 1 frames the mean face
@@ -45,7 +58,7 @@ from face3d_jax import losses as L
 from face3d_jax import metrics, teacher
 from face3d_jax.data.dataset_sources import TeacherSource
 from face3d_train import terms as T
-from face3d_train.data import generate_config
+from face3d_train.data import generate_config, mean_albedo
 from face3d_train.step import Nets, context
 
 log = logging.getLogger(__name__)
@@ -66,10 +79,15 @@ class HeldOutEval:
       trainer: a loop.Trainer (setup, mesh shardings, frozen networks).
       config: the training config (eval.identities, eval.seed, data.generate).
       world: the teacher world (default: the one `config.data.generate` describes).
+      dataset: the training dataset's folder, whose mean A_GT the baseline
+        metrics use (`self.mean_albedo`: (Ta, Ta, 3) float32 in [0, 1], or
+        (N, Ta, Ta, 3), one map per held-out identity, when set by hand);
+        None: those metrics are not computed.
     """
 
-    def __init__(self, trainer, config, world=None):
+    def __init__(self, trainer, config, world=None, dataset=None):
         self.trainer, self.setup = trainer, trainer.setup
+        self.mean_albedo = None
         gen = config.data.generate
         self.enabled = gen.source == "teacher" and int(config.eval.identities) > 0
         if int(config.eval.identities) <= 0:
@@ -87,16 +105,20 @@ class HeldOutEval:
         self.now_mask = metrics.now_face_mask(trainer.model, self.held.neutral)
         weights = self.setup.weights["shape"]
         self.render_weights = {n: weights.get(n, 0.0) for n in _RENDER_TERMS}
+        if dataset is not None:
+            self.mean_albedo = mean_albedo(dataset)
         self._eval = jax.jit(self._metrics)
         self._images = jax.jit(self._image_grids)
 
-    def _outputs(self, state, batch):
+    def _outputs(self, state, batch, albedo=None):
+        """The step's context with G_Ab's EMA; `albedo` (B, Ta, Ta, 3) replaces
+        its albedo, everything else (the same key, constant noise) unchanged."""
         setup = self.setup
         nets = Nets(setup, state, self.trainer.frozen, g=state.albedo.g_ema)
-        ctx = context(setup, nets, batch, jax.random.key(0), noise_mode="const")
+        ctx = context(setup, nets, batch, jax.random.key(0), albedo=albedo, noise_mode="const")
         return ctx
 
-    def _metrics(self, state, batch, neutral, albedo_true, face_mask, now_mask):
+    def _metrics(self, state, batch, neutral, albedo_true, face_mask, now_mask, mean_agt):
         ctx = self._outputs(state, batch)
         pred = metrics.neutral_vertices(self.setup.model, ctx.codes["shape"])
         r = ctx.render
@@ -116,6 +138,14 @@ class HeldOutEval:
             "render_loss": sum(self.render_weights[n] * values[n] for n in _RENDER_TERMS),
         }
         out.update(values)
+        # F's cosine as the identity term computes it (Eq. 1 is 1 - cosine).
+        similarity = lambda c: 1.0 - L.identity_loss(c.identity_render[0], ctx.identity_target[0])
+        out["id_similarity"] = similarity(ctx)
+        if mean_agt is not None:
+            mean = jnp.broadcast_to(mean_agt, albedo_true.shape[:1] + mean_agt.shape[-3:])
+            out["albedo_psnr_mean_baseline"] = jnp.mean(metrics.albedo_psnr(mean, albedo_true,
+                                                                            face_mask))
+            out["id_similarity_mean_albedo"] = similarity(self._outputs(state, batch, mean))
         return out
 
     def _batch(self):
@@ -127,7 +157,8 @@ class HeldOutEval:
             return {}
         out = self._eval(state, self._batch(), jnp.asarray(self.held.neutral),
                          jnp.asarray(self.held.albedo), jnp.asarray(self.face_mask),
-                         self.now_mask)
+                         self.now_mask,
+                         None if self.mean_albedo is None else jnp.asarray(self.mean_albedo))
         return {f"eval/{k}": float(v) for k, v in jax.device_get(out).items()}
 
     def images(self, state, count: int = 4) -> dict[str, np.ndarray]:

@@ -164,7 +164,7 @@ def train(config, workdir, *, progress: bool = True, stop_after: int | None = No
     mesh = make_mesh()
     trainer = Trainer(config, model, mesh, identity_head=head)
     batches = Batches(folder, config, seed=int(config.seed))
-    held = evaluation.HeldOutEval(trainer, config)
+    held = evaluation.HeldOutEval(trainer, config, dataset=folder)
     total = int(config.schedule.total_steps)
     ck = config.checkpoint
     with Checkpointer(workdir / "checkpoints", keep=int(ck.keep), save_every=int(ck.every),
