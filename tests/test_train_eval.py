@@ -21,11 +21,18 @@ from face3d_train.loop import Trainer, load_model, make_mesh
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    config = micro_config(write_dataset(tmp_path_factory.mktemp("train_data")))
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("train_data")
+    # write_dataset's records, as stored (its shard file, before TFDS).
+    return write_dataset(folder), np.load(folder / "work" / "shard_00000.npz")
+
+
+@pytest.fixture(scope="module")
+def run(data):
+    config = micro_config(data[0])
     config.selector = "phase"
     trainer = Trainer(config, load_model(config), make_mesh(jax.devices()[:1]))
-    return trainer, HeldOutEval(trainer, config), trainer.init_state()
+    return trainer, HeldOutEval(trainer, config, dataset=data[0]), trainer.init_state()
 
 
 def _mean_face(model, count):
@@ -73,3 +80,44 @@ def test_camera_scale_follows_the_predicted_scale(run):
     assert got["eval/camera_scale"] == pytest.approx(0.5, rel=1e-5)
     # A face drawn at half size lands far from the truth's landmarks.
     assert got["eval/landmark_px"] > held.evaluate(state)["eval/landmark_px"]
+
+
+def test_mean_baseline_is_the_training_sets_mean_albedo(run, data):
+    trainer, held, state = run
+    got = held.evaluate(state)
+    # Every record's A_GT (uint8 / 255), averaged; PSNR over the face texels
+    # against each held-out truth (the same size here: no resize), then averaged.
+    mean = data[1]["albedo"].astype(np.float64).mean(axis=0) / 255.0
+    np.testing.assert_allclose(held.mean_albedo, mean, atol=1e-6)
+    truth = np.asarray(held.held.albedo, np.float64)
+    face = metrics.face_uv_mask(trainer.model, truth.shape[1])
+    mse = ((mean[None] - truth) ** 2)[:, face].mean(axis=(1, 2))
+    want = np.mean(10.0 * np.log10(1.0 / mse))
+    np.testing.assert_allclose(got["eval/albedo_psnr_mean_baseline"], want, rtol=1e-4)
+    # The held-out identities are not the training set's: the mean misses them.
+    assert 5.0 < want < 30.0
+
+
+def test_id_similarity_renders_differ_only_in_albedo(run):
+    trainer, held, state = run
+    got = held.evaluate(state)
+    # The identity term's cosine, read the other way round.
+    assert got["eval/id_similarity"] == pytest.approx(1.0 - got["eval/identity"], abs=1e-6)
+    saved = held.mean_albedo
+    try:
+        # G_Ab's own albedos as the "mean": the two renders are then the same.
+        own = held._outputs(state, held._batch()).albedo
+        held.mean_albedo = np.asarray(own)
+        same = held.evaluate(state)
+        assert same["eval/id_similarity_mean_albedo"] == pytest.approx(
+            same["eval/id_similarity"], abs=1e-5)
+        assert same["eval/albedo_psnr_mean_baseline"] == pytest.approx(got["eval/albedo_psnr"],
+                                                                       abs=1e-4)
+        # F tells a face's true colours from a flat grey on the same render.
+        held.mean_albedo = np.asarray(held.held.albedo)
+        truth = held.evaluate(state)["eval/id_similarity_mean_albedo"]
+        held.mean_albedo = np.full_like(saved, 0.5)
+        grey = held.evaluate(state)["eval/id_similarity_mean_albedo"]
+        assert truth > grey
+    finally:
+        held.mean_albedo = saved
