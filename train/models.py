@@ -41,7 +41,10 @@ G_Disp: a StyleGAN2 generator (the authors' code: 256^2) from the same w,
 one output channel, bounded to [-max, max] by max * tanh (Sec. 4.2: D_Geom in
 [-0.01, 0.01]). G_Ab: a StyleGAN2 generator at the albedo size; its output x
 in [-1, 1] is the albedo (x + 1) / 2. Both take the first n_latent rows of w
-when their resolution needs fewer than w has (at 1024^2 all 18).
+when their resolution needs fewer than w has (at 1024^2 all 18). A fresh
+G_Ab's modulation weights (the affine maps w -> styles) start at
+`albedo.modulation_init` times StyleGAN2's N(0, 1): 0 starts G_Ab independent
+of w (`_scale_modulation` says why a small dataset wants that).
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ from face3d_jax.nets import arcface, dlib_resnet
 from face3d_jax.nets.identity import IdentityHead, IdentityNetwork
 from face3d_jax.nets.mica import MicaConfig, MicaMapping, normalize
 from face3d_jax.nets.stylegan2 import Discriminator, Generator, StyleGAN2Config
+from face3d_jax.nets.stylegan2_layers import ModulatedConv2d
 from face3d_jax.render.views import default_sh_light
 
 POSE_DIM, CAMERA_DIM, LIGHT_DIM = 6, 3, 27
@@ -221,6 +225,28 @@ def _stylegan2(cfg, out_channels: int, style_dim: int) -> StyleGAN2Config:
                            channel_max=int(cfg.channel_max) or None, out_channels=out_channels)
 
 
+def _scale_modulation(gen: Generator, scale: float) -> None:
+    """Multiplies the modulation weights of every modulated conv and toRGB of
+    a fresh generator by `scale`, in place (the biases stay 1).
+
+    Why: a weight of a linear map of w only moves along the training w's
+    span (its gradient is a sum of w_i outer products), so whatever it
+    started with off that span stays. tiny's 192 training w (32 identities,
+    6 edits each along a few directions) span 36 of w's 512 dimensions, and
+    77% of a held-out w's deviation from their mean lies off that span: G_Ab
+    drew the held-out identities in the coloured blobs of its random
+    initialisation, never trained away. At 0 it starts with one output for
+    every w and its response to a new w comes from what was learnt. With
+    10,000 identities (the paper) the span is the whole space.
+    """
+    if scale == 1.0:
+        return
+    for _, module in gen.iter_modules():
+        if isinstance(module, ModulatedConv2d):
+            weight = module.modulation.weight
+            weight[...] = weight[...] * scale
+
+
 def latent_rows(w: jax.Array, n_latent: int) -> jax.Array:
     """The first n_latent rows of w (B, L, D) (L >= n_latent), (B, n_latent, D)."""
     if w.shape[1] < n_latent:
@@ -278,6 +304,7 @@ def build_networks(cfg, model: FlameModel, key: jax.Array, style_dim: int = 512,
         albedo = load_generator(cfg.albedo.weights)
     else:
         albedo = Generator(_stylegan2(cfg.albedo, 3, style_dim), rngs=rngs)
+        _scale_modulation(albedo, float(cfg.albedo.get("modulation_init", 1.0)))
     if cfg.albedo.weights and (Path(cfg.albedo.weights) / "d.npz").is_file():
         disc = load_discriminator(cfg.albedo.weights)
     else:

@@ -47,8 +47,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.encoder = ml_collections.ConfigDict(dict(
         backbone="iresnet100", widths=(64, 128, 256, 512), input_size=112, weights="",
         shape_head="mica", mica_hidden=300, mica_layers=3))
+    # modulation_init: a fresh G_Ab's w -> style weights start at this times
+    # StyleGAN2's N(0, 1) (1: StyleGAN2's; `models._scale_modulation`).
     c.model.albedo = ml_collections.ConfigDict(dict(
-        resolution=1024, channel_multiplier=2, channel_max=0, n_mlp=8, weights=""))
+        resolution=1024, channel_multiplier=2, channel_max=0, n_mlp=8, weights="",
+        modulation_init=1.0))
     c.model.displacement = ml_collections.ConfigDict(dict(
         resolution=256, channel_multiplier=2, channel_max=0, n_mlp=8, max_displacement=0.01))
     # F (Eq. 1, Sec. 4.1): dlib's ResNet (shipped) or ArcFace ("arcface", weights = an
@@ -85,7 +88,10 @@ def get_config() -> ml_collections.ConfigDict:
         pl_weight=2.0, pl_decay=0.01, pl_batch_shrink=2, ema_kimg=10.0, ema_rampup=0.0))
 
     c.losses = ml_collections.ConfigDict()
-    c.losses.pretrain = ml_collections.ConfigDict(dict(gan=1.0, albedo_identity=1.0))
+    # albedo_symmetric_reconstruction in pre-training: a small-scale aid (tiny),
+    # not the paper's (0 here).
+    c.losses.pretrain = ml_collections.ConfigDict(dict(gan=1.0, albedo_identity=1.0,
+                                                       albedo_symmetric_reconstruction=0.0))
     c.losses.shape = ml_collections.ConfigDict(dict(
         identity=0.5, perceptual=1.0, landmark=5.0, shape_center=1.0, regularization=1e-4))
     c.losses.albedo = ml_collections.ConfigDict(dict(

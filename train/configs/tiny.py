@@ -25,6 +25,17 @@ def get_config():
     # dlib has no ArcFace embedding for MICA's mapping: the linear head gives the shape.
     c.model.encoder.update(dict(backbone="dlib", input_size=96, shape_head="linear"))
     c.model.albedo.update(dict(resolution=64, channel_max=32, n_mlp=2))
+    # G_Ab from 32 identities: two small-scale aids the paper does not need
+    # (its 10,000 identities span w's space). Its w -> style weights start at
+    # 0 (`models._scale_modulation`): tiny's 192 training w span 36 of 512
+    # dimensions and 77% of a held-out w's deviation from their mean lies off
+    # that span, where random initial weights are never trained away: G_Ab
+    # drew held-out identities in the coloured blobs of its initialisation
+    # (13.6 dB after pre-training; 16.6 dB from zero). And pre-training adds a
+    # reconstruction term against A_GT, the pairing of w and A_GT the identity
+    # loss alone conveys weakly (17.0 dB at weight 10 after 100 steps).
+    c.model.albedo.modulation_init = 0.0
+    c.losses.pretrain.albedo_symmetric_reconstruction = 10.0
     c.model.displacement.update(dict(resolution=32, channel_max=32, n_mlp=2))
     # F on the teacher world's faces: dlib's network on its own 150^2 chip (at
     # 96^2 it told the held-out identities apart less often, 88% rank-1 against
