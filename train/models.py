@@ -44,7 +44,7 @@ in [-1, 1] is the albedo (x + 1) / 2. Both take the first n_latent rows of w
 when their resolution needs fewer than w has (at 1024^2 all 18). A fresh
 G_Ab's modulation weights (the affine maps w -> styles) start at
 `albedo.modulation_init` times StyleGAN2's N(0, 1): 0 starts G_Ab independent
-of w (`_scale_modulation` says why a small dataset wants that).
+of w (`scale_modulation` says why a small dataset wants that).
 """
 
 from __future__ import annotations
@@ -225,7 +225,7 @@ def _stylegan2(cfg, out_channels: int, style_dim: int) -> StyleGAN2Config:
                            channel_max=int(cfg.channel_max) or None, out_channels=out_channels)
 
 
-def _scale_modulation(gen: Generator, scale: float) -> None:
+def scale_modulation(gen: Generator, scale: float) -> None:
     """Multiplies the modulation weights of every modulated conv and toRGB of
     a fresh generator by `scale`, in place (the biases stay 1).
 
@@ -304,7 +304,7 @@ def build_networks(cfg, model: FlameModel, key: jax.Array, style_dim: int = 512,
         albedo = load_generator(cfg.albedo.weights)
     else:
         albedo = Generator(_stylegan2(cfg.albedo, 3, style_dim), rngs=rngs)
-        _scale_modulation(albedo, float(cfg.albedo.get("modulation_init", 1.0)))
+        scale_modulation(albedo, float(cfg.albedo.get("modulation_init", 1.0)))
     if cfg.albedo.weights and (Path(cfg.albedo.weights) / "d.npz").is_file():
         disc = load_discriminator(cfg.albedo.weights)
     else:

@@ -27,7 +27,7 @@ def get_config():
     c.model.albedo.update(dict(resolution=64, channel_max=32, n_mlp=2))
     # G_Ab from 32 identities: two small-scale aids the paper does not need
     # (its 10,000 identities span w's space). Its w -> style weights start at
-    # 0 (`models._scale_modulation`): tiny's 192 training w span 36 of 512
+    # 0 (`models.scale_modulation`): tiny's 192 training w span 36 of 512
     # dimensions and 77% of a held-out w's deviation from their mean lies off
     # that span, where random initial weights are never trained away: G_Ab
     # drew held-out identities in the coloured blobs of its initialisation
