@@ -92,6 +92,14 @@ def test_the_prior_is_trained_once_into_the_workdir_and_reused(tmp_path):
     with pytest.raises(ValueError, match=r"prior\.json was trained with other settings \(steps\)"):
         P.ensure_shape_prior(config, tmp_path, setup, progress=False)
 
+    # A damaged chunk is named, not read.
+    chunk = folder / "data" / "chunk_00001.npz"
+    good = chunk.read_bytes()
+    chunk.write_bytes(good[:100])
+    with pytest.raises(ValueError, match=r"chunk_00001\.npz is unreadable .*delete it"):
+        P.prior_data(settings, None, folder / "data")
+    chunk.write_bytes(good)
+
     # Unfinished (no prior.json): the stage resumes from its last checkpoint
     # (the solved head, step 0) and runs the Adam steps of MICA's loss.
     (folder / P.DONE_FILE).unlink()

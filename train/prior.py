@@ -25,9 +25,11 @@ weights exist):
          elsewhere). The procedural FLAME has no FLAME_masks.pkl, so NoW's face
          crop of the template (`metrics.now_face_mask`) stands for MICA's face
          region: the region the paper's shape metric scores;
-  fit    Adam (MICA: 1e-4) for `prior.steps` steps on random batches, the
-         backbone at lr x `backbone_lr_scale` (0: frozen, as alternating
-         descent's optimizer freezes it), orbax checkpoints in
+  fit    with a linear shape head, first the head in closed form on the
+         frozen backbone's features (`ridge_head`, which also sets the head's
+         input statistics, `models.FeatureStats`); then Adam (MICA: 1e-4) for
+         `prior.steps` steps on random batches, the backbone at lr x
+         `backbone_lr_scale` (0: frozen), orbax checkpoints in
          <workdir>/shape_prior/checkpoints (resumable); the finished prior is
          marked by <workdir>/shape_prior/prior.json (its settings and figures).
 Only the shape rows of E_shape's head and the backbone are trained; the
@@ -40,6 +42,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import zipfile
 from pathlib import Path
 
 import jax
@@ -126,12 +129,17 @@ def prior_data(settings: dict, world, folder: Path, *, progress: bool = True) ->
             if progress:
                 log.info("shape prior: %d of %d identities rendered (%.0f s)", first + count,
                          groups, time.perf_counter() - start_time)
-        with np.load(path) as data:
-            if data["crop"].shape[0] != count * views:
-                raise ValueError(f"{path}: {data['crop'].shape[0]} samples, expected "
-                                 f"{count * views}; delete {folder} to render it again")
-            crops.append(data["crop"])
-            shapes.append(data["shape"])
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                crop, shape = data["crop"], data["shape"]
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+            raise ValueError(f"{path} is unreadable ({type(err).__name__}); delete it to "
+                             "render it again") from None
+        if crop.shape[0] != count * views or shape.shape[0] != count * views:
+            raise ValueError(f"{path}: {crop.shape[0]} samples, expected {count * views}; "
+                             "delete it to render it again")
+        crops.append(crop)
+        shapes.append(shape)
     return dict(crop=np.concatenate(crops), shape=np.concatenate(shapes))
 
 
