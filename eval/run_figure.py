@@ -57,8 +57,10 @@ def last_evaluation(workdir: Path) -> tuple[int, dict]:
 
 
 def caption(step: int, values: dict) -> str:
+    """Lines: the step, then one per figure (shape, albedo, identity)."""
     parts = [fmt.format(values[k]) for k, fmt in FIGURES if k in values]
-    return f"held-out identities after step {step}: " + " ".join(parts)
+    pairs = [" ".join(parts[i:i + 2]) for i in range(0, len(parts), 2)]
+    return f"held-out identities after step {step}\n" + "\n".join(pairs)
 
 
 def main(argv=None) -> None:
@@ -99,12 +101,12 @@ def main(argv=None) -> None:
             ax.set_yticks([])
             if r == 0:
                 ax.set_title(title, fontsize=10)
-    fig.suptitle(caption(step, values), fontsize=8, wrap=True)
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    fig.suptitle(caption(step, values), fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 0.92))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=80)
-    print(f"wrote {out} ({out.stat().st_size // 1024} KB): {caption(step, values)}")
+    print(f"wrote {out} ({out.stat().st_size // 1024} KB): " + caption(step, values).replace("\n", ": "))
 
 
 if __name__ == "__main__":
