@@ -30,10 +30,11 @@ def get_config():
     # 0 (`models.scale_modulation`): tiny's 192 training w span 36 of 512
     # dimensions and 77% of a held-out w's deviation from their mean lies off
     # that span, where random initial weights are never trained away: G_Ab
-    # drew held-out identities in the coloured blobs of its initialisation
-    # (13.6 dB after pre-training; 16.6 dB from zero). And pre-training adds a
-    # reconstruction term against A_GT, the pairing of w and A_GT the identity
-    # loss alone conveys weakly (17.0 dB at weight 10 after 100 steps).
+    # drew held-out identities in the coloured blobs of its initialisation.
+    # And pre-training adds a reconstruction term against A_GT, the pairing of
+    # w and A_GT the identity loss alone conveys weakly. eval/albedo_psnr after
+    # the 100 pre-training steps: 12.0 dB before, 17.0 dB with both (the
+    # training set's mean A_GT: 19.0 dB; docs/training.md).
     c.model.albedo.modulation_init = 0.0
     c.losses.pretrain.albedo_symmetric_reconstruction = 10.0
     c.model.displacement.update(dict(resolution=32, channel_max=32, n_mlp=2))
@@ -50,7 +51,7 @@ def get_config():
     # vertex loss with the backbone at 1e-5. Measured on 64 held-out
     # identities: 71% of the mean face's NoW-region error (ridge head alone
     # 75%; 300 Adam steps from the zero head, backbone 1e-4, 85%; frozen
-    # backbone, 300 steps, 92%). About 4.5 min on 2 cores.
+    # backbone, 300 steps, 92%). About 5 min on 2 cores.
     c.prior.update(dict(identities=1024, views=2, steps=150, batch=32, lr=1e-4,
                         backbone_lr_scale=0.1))
     c.schedule.update(dict(total_steps=500, albedo_pretrain_steps=100, shape_steps=50,
