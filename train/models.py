@@ -241,7 +241,7 @@ def scale_modulation(gen: Generator, scale: float) -> None:
     """
     if scale == 1.0:
         return
-    for _, module in gen.iter_modules():
+    for _, module in nnx.iter_modules(gen):
         if isinstance(module, ModulatedConv2d):
             weight = module.modulation.weight
             weight[...] = weight[...] * scale
