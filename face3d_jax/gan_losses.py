@@ -115,7 +115,13 @@ def path_length_penalty(synthesis_fn: Callable[[jax.Array], jax.Array], w_plus: 
     y = jax.random.normal(key, images.shape, jnp.float32) / math.sqrt(height * width)
     (grad,) = vjp(y.astype(images.dtype))
     grad = grad.astype(jnp.float32)
-    lengths = jnp.sqrt(jnp.mean(jnp.sum(jnp.square(grad), axis=2), axis=1))
+    squared = jnp.mean(jnp.sum(jnp.square(grad), axis=2), axis=1)
+    # sqrt's derivative is infinite at 0, which a generator whose output does
+    # not depend on w (a zero-initialised output layer, `train/models.py`)
+    # reaches exactly: there the gradient is taken as 0 rather than NaN
+    # (rosinality's gives NaN); elsewhere this is sqrt.
+    positive = squared > 0.0
+    lengths = jnp.where(positive, jnp.sqrt(jnp.where(positive, squared, 1.0)), 0.0)
     pl_mean = jnp.asarray(pl_mean, jnp.float32)
     new_mean = pl_mean + decay * (jnp.mean(lengths) - pl_mean)
     penalty = jnp.mean(jnp.square(lengths - new_mean))

@@ -105,6 +105,24 @@ def test_path_length_penalty_matches_finite_differences():
     np.testing.assert_allclose(float(penalty), np.mean((ref_lengths - ref_mean) ** 2), rtol=1e-4)
 
 
+def test_path_length_gradient_is_zero_not_nan_where_the_output_ignores_w():
+    """A generator whose output does not depend on w (a zero output layer) has
+    path lengths exactly 0, where sqrt's derivative is infinite: the
+    parameters' gradient is then 0, not NaN."""
+    rng = np.random.default_rng(2)
+    w = jnp.asarray(rng.normal(size=(B, L, D)), jnp.float32)
+    m = jnp.asarray(rng.normal(size=(L, D, H * W * C)), jnp.float32)
+
+    def penalty(scale):
+        def synth(w_plus):
+            return (scale * jnp.einsum("bld,ldk->bk", w_plus, m)).reshape(B, H, W, C)
+        return path_length_penalty(synth, w, jnp.float32(0.0), jax.random.key(0))[0]
+
+    assert float(penalty(0.0)) == 0.0
+    assert float(jax.grad(penalty)(0.0)) == 0.0
+    assert np.isfinite(float(jax.grad(penalty)(1.0)))
+
+
 def test_regularisers_match_rosinality_in_torch():
     """Values and parameter gradients (second order) against rosinality's
     d_r1_loss / g_path_regularize in PyTorch on the same functions."""
