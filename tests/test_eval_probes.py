@@ -1,5 +1,5 @@
 """The shape-criterion probes (eval/shape_probe.py, eval/shape_ceiling.py,
-eval/term_gradients.py),
+eval/term_gradients.py) and the albedo probe (eval/albedo_probe.py),
 whose figures the README and the closing notes quote: the ridge read-out
 against numpy's least squares, and the landmark fit against landmarks made
 from known codes with DECA's orthographic projection written out here."""
@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from face3d_eval.albedo_probe import true_albedo
 from face3d_eval.shape_ceiling import fit_codes
 from face3d_eval.shape_probe import ridge_fit
 from face3d_eval.term_gradients import cosines
@@ -75,3 +76,25 @@ def test_cosines_over_all_and_the_first_coefficients():
     # is a zero step and counts as 0.
     assert cosines(step, to_truth) == pytest.approx((0.0, 0.5))
     assert cosines(-to_truth, to_truth, first=2) == pytest.approx((-1.0, -1.0))
+
+
+def test_the_albedo_probe_reads_each_identitys_w_and_true_albedo(default_flame):
+    """Batched draws (5 in batches of 2): each w row is mapping(z) and each map
+    the teacher scene's albedo of that w, drawn here one at a time."""
+    import jax
+
+    from face3d_jax import teacher as tt
+
+    teacher = tt.make_teacher(jax.random.key(0), default_flame,
+                              tt.TeacherConfig(resolution=32, albedo_size=16,
+                                               displacement_size=16, calibration_samples=256))
+    w, maps = true_albedo(teacher, jax.random.key(1), 5, batch=2)
+    assert w.shape == (5, 512) and maps.shape == (5, 16, 16, 3)
+    assert len({tuple(np.round(r[:4], 6)) for r in w}) == 5  # five different identities
+    keys = jax.random.split(jax.random.key(1), 3)
+    z = jax.random.normal(keys[2], (1, 512))  # the last batch holds one identity
+    full = tt.mapping(teacher, z)
+    # The same program on one row instead of two: float32 round-off only.
+    np.testing.assert_allclose(w[4], np.asarray(full[0, 0]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(maps[4], np.asarray(tt.scene(teacher, full).albedo[0]),
+                               atol=1e-5)
