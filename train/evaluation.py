@@ -32,11 +32,10 @@ Metrics (written to metrics.jsonl and TensorBoard under eval/):
   camera_scale    E_shape's weak-perspective scale over the crop prior's
                   (`models.crop_camera_prior`), mean: 1 frames the mean face
                   as the crop frames a face; below 1 the render is drawn
-                  smaller. When the albedo explains the face poorly, the
-                  image terms (identity, perceptual) fall as the face shrinks
-                  and more of the crop shows around it; a camera_scale well
-                  below 1 with a rising landmark_px points to that (0.70
-                  after 100 shape steps on an untrained G_Ab in `tiny`).
+                  smaller. The image terms on F's maps fall as the face
+                  shrinks (`step.context`): a camera_scale well below 1 with a
+                  rising landmark_px points to that (0.43 and 9.3 px at the
+                  end of a `tiny` run before `losses.rigid_from_landmarks`).
   photometric     MSE of the render against the crop over the render's mask
   identity, perceptual, landmark   the shape phase's rendering terms
   render_loss     their sum weighted as the shape phase weighs them

@@ -36,6 +36,7 @@ import optax
 from flax import nnx
 
 from face3d_jax.flame import displace, flame_forward
+from face3d_jax.render.cameras import clip_to_pixels
 from face3d_jax.render.renderer import WeakPerspectiveCamera, render
 from face3d_train import gan_updates
 from face3d_train import terms as T
@@ -82,7 +83,17 @@ def context(setup: Setup, nets: Nets, batch: dict, key, *, albedo=None,
              noise_mode: str = "random") -> T.Context:
     """Runs E_shape, G_Disp, FLAME and G_Ab on a batch; rendering is lazy.
     noise_mode: the generators' noise inputs ("random" from `key` in training,
-    "const" for evaluation)."""
+    "const" for evaluation).
+
+    With `config.losses.rigid_from_landmarks` the render's image sees head pose
+    and camera through a stop-gradient and its landmarks (`landmarks2d`) see
+    them directly: the same values, but only the landmark term moves the rigid
+    codes. Why (`tiny`): the image terms on F's maps fall as the face is drawn
+    smaller, even with the pseudo-ground-truth albedo A_GT in place of
+    G_Ab's (a scan of the camera scale at step 100: the perceptual term lowest
+    at 0.55 of the prior's scale, the landmark term at 0.9), and under Adam
+    the sign of a consistent gradient is what counts, not its size.
+    """
     cfg = setup.config
     model = setup.model
     k_disp, k_alb = jax.random.split(key)
@@ -90,8 +101,14 @@ def context(setup: Setup, nets: Nets, batch: dict, key, *, albedo=None,
                          jnp.asarray(setup.camera_prior))
     bsz = batch["crop"].shape[0]
     zeros = lambda n: jnp.zeros((bsz, n), jnp.float32)
-    out = flame_forward(model, codes["shape"], codes["expression"], codes["global_pose"],
-                        zeros(3), codes["jaw_pose"], zeros(6))
+
+    def flame(global_pose):
+        return flame_forward(model, codes["shape"], codes["expression"], global_pose,
+                             zeros(3), codes["jaw_pose"], zeros(6))
+
+    rigid_by_landmarks = bool(cfg.losses.get("rigid_from_landmarks", False))
+    sg = jax.lax.stop_gradient if rigid_by_landmarks else (lambda x: x)
+    out = flame(sg(codes["global_pose"]))
     disp = displacement_map(nets.displacement, batch["w"], setup.max_displacement,
                             noise_mode=noise_mode, key=k_disp)
     vertices = displace(out.vertices, model.faces, model.vertex_uv, disp)
@@ -101,9 +118,15 @@ def context(setup: Setup, nets: Nets, batch: dict, key, *, albedo=None,
     crop = batch["crop"]
 
     def render_fn(albedo_):
-        return render(vertices, model.faces, model.uv_coords, model.uv_faces, albedo_,
-                      WeakPerspectiveCamera(cam=codes["camera"]), (size, size),
-                      sh_coeffs=codes["light"], landmarks=out.landmarks, background=crop)
+        r = render(vertices, model.faces, model.uv_coords, model.uv_faces, albedo_,
+                   WeakPerspectiveCamera(cam=sg(codes["camera"])), (size, size),
+                   sh_coeffs=codes["light"], landmarks=out.landmarks, background=crop)
+        if not rigid_by_landmarks:
+            return r
+        # The same values; the landmarks' gradient alone reaches head pose and camera.
+        points = WeakPerspectiveCamera(cam=codes["camera"]).project(
+            flame(codes["global_pose"]).landmarks)
+        return r._replace(landmarks2d=clip_to_pixels(points, (size, size)))
 
     return T.Context(
         batch=batch, codes=codes, displacement=disp, albedo=albedo, render_fn=render_fn,
@@ -178,7 +201,8 @@ def _gan_phase(setup: Setup, state: TrainState, batch, frozen, key, phase: str):
         gan, setup.g_tx, lambda p: path_w,
         lambda p, w: merge_g(p).synthesis(w, noise_mode="random", key=k_noise),
         g_params, g_opt, side.pl_mean, k_y, side.gan_step)
-    ok = d_ok & jnp.isfinite(loss) & jnp.isfinite(gnorm) & jnp.isfinite(pm["penalty"])
+    ok = (d_ok & jnp.isfinite(loss) & jnp.isfinite(gnorm) & jnp.isfinite(pm["penalty"])
+          & jnp.isfinite(pm["grad_norm"]))
     beta = gan_updates.ema_beta(gan, batch["w"].shape[0], side.gan_step)
     new = side.replace(g=g_params, d=d, g_opt=g_opt, d_opt=d_opt, pl_mean=pl_mean,
                        g_ema=gan_updates.ema_update(side.g_ema, g_params, beta),
