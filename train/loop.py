@@ -49,7 +49,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from face3d_train import evaluation
 from face3d_train.checkpoint import Checkpointer
-from face3d_train.data import Batches, ensure_dataset, to_global
+from face3d_train.data import Batches, ensure_dataset, mean_albedo, to_global
 from face3d_train.identity import ensure_identity_head
 from face3d_train.metrics import MetricWriter
 from face3d_train.prior import ensure_shape_prior
@@ -97,10 +97,12 @@ class Trainer:
             raise ValueError(f"batch {batch} (data.identities_per_batch x images_per_identity) "
                              f"does not split over {mesh.size} devices")
 
-    def init_state(self, prior=None):
+    def init_state(self, prior=None, albedo_base=None):
         """The state at step 0; prior: E_shape's (params, buffers) to start from
-        (the shape prior), else the networks' initialisation."""
-        return jax.device_put(self.setup.init_state(self.state_key, prior), self.replicated)
+        (the shape prior), else the networks' initialisation; albedo_base: see
+        `Setup.init_state`."""
+        return jax.device_put(self.setup.init_state(self.state_key, prior, albedo_base),
+                              self.replicated)
 
     def abstract_state(self):
         shapes = jax.eval_shape(self.setup.init_state, self.state_key)
@@ -172,7 +174,9 @@ def train(config, workdir, *, progress: bool = True, stop_after: int | None = No
         start = ckpt.latest_step()
         if start is None:
             prior = ensure_shape_prior(config, workdir, trainer.setup, progress=progress)
-            state, start = trainer.init_state(prior), 0
+            base = (mean_albedo(folder) if config.model.albedo.get("residual_over_mean", False)
+                    else None)
+            state, start = trainer.init_state(prior, base), 0
         else:
             state, meta = ckpt.restore(trainer.abstract_state(), start)
             batches.seek(meta["data_position"])

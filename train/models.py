@@ -64,7 +64,7 @@ from face3d_jax.nets import arcface, dlib_resnet
 from face3d_jax.nets.identity import IdentityHead, IdentityNetwork
 from face3d_jax.nets.mica import MicaConfig, MicaMapping, normalize
 from face3d_jax.nets.stylegan2 import Discriminator, Generator, StyleGAN2Config
-from face3d_jax.nets.stylegan2_layers import ModulatedConv2d
+from face3d_jax.nets.stylegan2_layers import ModulatedConv2d, ToRGB
 from face3d_jax.render.views import default_sh_light
 
 POSE_DIM, CAMERA_DIM, LIGHT_DIM = 6, 3, 27
@@ -166,6 +166,15 @@ class ShapeEncoder(nnx.Module):
                                bias_init=nnx.initializers.zeros, rngs=rngs)
         self.feature_mean = FeatureStats(jnp.zeros((width,), jnp.float32))
         self.feature_scale = FeatureStats(jnp.ones((width,), jnp.float32))
+        # The linear head's shape rows read the standardised features divided
+        # by sqrt(width), about unit norm, as MICA's mapping reads ArcFace's
+        # L2-normalised embedding: so that the paper's Adam lr (1e-4, set for
+        # MICA) moves them as it moves MICA's first layer. Read unscaled, each
+        # step moved a code about sqrt(512) ~ 23x further, and alternating
+        # descent drifted the prior's shape by 1.6% per 50 shape steps (0.06%
+        # at 1/23 of the lr; docs/training.md).
+        self.num_shape = layout.num_shape if mica is None else 0
+        self.shape_input_scale = 1.0 / math.sqrt(width)
 
     def feature_map(self, crops: jax.Array) -> jax.Array:
         """The backbone's last-stage map of crops (B, c, c, 3) in [0, 1], resized
@@ -194,7 +203,11 @@ class ShapeEncoder(nnx.Module):
     def __call__(self, crops: jax.Array) -> jax.Array:
         feat = self.feature_map(crops)
         pooled = jnp.mean(feat.astype(jnp.float32), axis=(1, 2))
-        out = self.head((pooled - self.feature_mean[...]) / self.feature_scale[...])
+        z = (pooled - self.feature_mean[...]) / self.feature_scale[...]
+        kernel = self.head.kernel[...]
+        if self.num_shape:
+            kernel = kernel.at[:, :self.num_shape].multiply(self.shape_input_scale)
+        out = z @ kernel + self.head.bias[...]
         if self.mica is None:
             return out
         return jnp.concatenate([self.mica(self._mica_input(feat)), out], axis=-1)
@@ -247,6 +260,45 @@ def scale_modulation(gen: Generator, scale: float) -> None:
             weight[...] = weight[...] * scale
 
 
+class AlbedoBase(nnx.Variable):
+    """The fixed image a `ResidualGenerator` adds to its output: not trained
+    (not an nnx.Param), set once when a run starts."""
+
+
+class ResidualGenerator(Generator):
+    """StyleGAN2's generator drawing a residual over a fixed base image: its
+    synthesis is Generator.synthesis(w) + base, base (R, R, C) float32 in the
+    output's units ([-1, 1]; zeros until set).
+
+    G_Ab in `tiny` (`model.albedo.residual_over_mean`, off in `paper`) with
+    the training set's mean A_GT as the base and its toRGB weights started at
+    0 (`zero_output`), so that it starts at the mean albedo and its training
+    only has to learn how identities differ from it. Why: after tiny's 100
+    pre-training steps a plain G_Ab scored 16.9 dB on held-out identities,
+    below the 19.2 dB of the mean A_GT it had not yet learnt; StyleGAN2 at
+    FFHQ's scale spends far more steps than that on the average face.
+    """
+
+    def __init__(self, config: StyleGAN2Config, *, rngs: nnx.Rngs):
+        super().__init__(config, rngs=rngs)
+        self.base = AlbedoBase(jnp.zeros((config.resolution, config.resolution,
+                                          config.out_channels), jnp.float32))
+
+    def synthesis(self, w: jax.Array, *, noise_mode: str = "random",
+                  key: jax.Array | None = None) -> jax.Array:
+        """As `Generator.synthesis`, plus the base image."""
+        return super().synthesis(w, noise_mode=noise_mode, key=key) + self.base[...]
+
+
+def zero_output(gen: Generator) -> None:
+    """Sets the conv weights of every toRGB of a fresh generator to 0, in
+    place: its output starts at exactly 0 for every w (the toRGB biases start
+    at 0) and the gradients reach the other layers once those weights move."""
+    for _, module in nnx.iter_modules(gen):
+        if isinstance(module, ToRGB):
+            module.conv.weight[...] = jnp.zeros_like(module.conv.weight[...])
+
+
 def latent_rows(w: jax.Array, n_latent: int) -> jax.Array:
     """The first n_latent rows of w (B, L, D) (L >= n_latent), (B, n_latent, D)."""
     if w.shape[1] < n_latent:
@@ -293,6 +345,9 @@ def build_networks(cfg, model: FlameModel, key: jax.Array, style_dim: int = 512,
         if kind == "dlib" and int(size) < DLIB_MIN_INPUT:
             raise ValueError(f"model.{what} = {size}: dlib's network needs at least "
                              f"{DLIB_MIN_INPUT} pixels")
+    if cfg.albedo.weights and cfg.albedo.get("residual_over_mean", False):
+        raise ValueError("model.albedo.residual_over_mean starts a fresh G_Ab: it cannot be "
+                         "combined with model.albedo.weights")
     perceptual = perceptual_network(cfg)  # first: a bad weights path fails before any build
     rngs = nnx.Rngs(key)
     layout = CodeLayout(int(cfg.num_shape), int(cfg.num_expression))
@@ -303,7 +358,12 @@ def build_networks(cfg, model: FlameModel, key: jax.Array, style_dim: int = 512,
 
         albedo = load_generator(cfg.albedo.weights)
     else:
-        albedo = Generator(_stylegan2(cfg.albedo, 3, style_dim), rngs=rngs)
+        net = _stylegan2(cfg.albedo, 3, style_dim)
+        if cfg.albedo.get("residual_over_mean", False):
+            albedo = ResidualGenerator(net, rngs=rngs)
+            zero_output(albedo)
+        else:
+            albedo = Generator(net, rngs=rngs)
         scale_modulation(albedo, float(cfg.albedo.get("modulation_init", 1.0)))
     if cfg.albedo.weights and (Path(cfg.albedo.weights) / "d.npz").is_file():
         disc = load_discriminator(cfg.albedo.weights)

@@ -94,7 +94,10 @@ def prior_settings(config) -> dict | None:
                 shape_head=str(enc.shape_head), num_shape=int(config.model.num_shape),
                 flame=str(config.model.get("flame") or ""), teacher_seed=int(gen.teacher_seed),
                 resolution=int(gen.resolution), crop_size=int(gen.crop_size),
-                teacher_calibration=int(gen.teacher_calibration))
+                teacher_calibration=int(gen.teacher_calibration),
+                # The linear head's shape rows read unit-norm input
+                # (`models.ShapeEncoder`); a prior saved before has other weights.
+                shape_input="standardised/sqrt(width)")
 
 
 def region_weights(model, face_weight: float) -> np.ndarray:
@@ -202,7 +205,9 @@ def ridge_head(setup: Setup, settings: dict, data: dict, params, buffers):
     encoder.feature_mean[...] = jnp.asarray(mu, jnp.float32)
     encoder.feature_scale[...] = jnp.asarray(sd, jnp.float32)
     head = encoder.head
-    head.kernel[...] = head.kernel[...].at[:, :num_shape].set(jnp.asarray(a, jnp.float32))
+    # The forward pass scales the shape rows' input by shape_input_scale.
+    kernel = jnp.asarray(a / encoder.shape_input_scale, jnp.float32)
+    head.kernel[...] = head.kernel[...].at[:, :num_shape].set(kernel)
     head.bias[...] = head.bias[...].at[:num_shape].set(jnp.asarray(b, jnp.float32))
     _, params, buffers = nnx.split(encoder, nnx.Param, ...)
     return params, buffers, best, scores[best]

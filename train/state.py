@@ -32,7 +32,7 @@ from face3d_jax.flame.uv import landmark_uvs
 from face3d_jax.nets.identity import IdentityNetwork
 from face3d_train import terms as T
 from face3d_train.gan_updates import GANConfig, d_optimizer, g_optimizer, lazy_adam
-from face3d_train.models import Networks, build_networks
+from face3d_train.models import Networks, ResidualGenerator, build_networks
 
 PHASES = ("pretrain", "shape", "albedo")
 
@@ -93,14 +93,20 @@ class Setup:
         in_shape = jnp.mod(jnp.maximum(after, 0), max(cycle, 1)) < int(s.shape_steps)
         return jnp.where(after < 0, 0, jnp.where(in_shape, 1, 2)).astype(jnp.int32)
 
-    def init_state(self, key: jax.Array, prior=None) -> TrainState:
+    def init_state(self, key: jax.Array, prior=None, albedo_base=None) -> TrainState:
         """The state at step 0 (parameters from `make_setup`'s key, fresh Adams).
         prior: (params, buffers) of E_shape to start from instead, nnx.States
-        of the same structure (the shape prior, `face3d_train.prior`)."""
+        of the same structure (the shape prior, `face3d_train.prior`).
+        albedo_base: (T, T, 3) float32 in [0, 1], the albedo G_Ab draws its
+        residual over when it is a `models.ResidualGenerator` (resized to its
+        resolution, linear), e.g. the training set's mean A_GT."""
         params, buffers = self.initial[0]
         if prior is not None:
             params = {**params, "encoder": prior[0]}
             buffers = {**buffers, "encoder": prior[1]}
+        if albedo_base is not None:
+            buffers = {**buffers, "albedo": self._with_base(params["albedo"], buffers["albedo"],
+                                                            albedo_base)}
         shape_params = {"encoder": params["encoder"], "displacement": params["displacement"]}
         return TrainState(
             step=jnp.zeros((), jnp.int32), key=key,
@@ -113,6 +119,18 @@ class Setup:
                               pl_mean=jnp.zeros((), jnp.float32),
                               gan_step=jnp.zeros((), jnp.int32)),
             buffers=buffers, bad_steps=jnp.zeros((), jnp.int32))
+
+    def _with_base(self, params, buffers, albedo_base):
+        gen = nnx.merge(self.graphs["albedo"], params, buffers)
+        if not isinstance(gen, ResidualGenerator):
+            raise ValueError("an albedo base needs model.albedo.residual_over_mean = True")
+        size = gen.base.shape
+        base = jnp.asarray(albedo_base, jnp.float32)
+        if base.ndim != 3 or base.shape[-1] != size[-1]:
+            raise ValueError(f"albedo base of shape {tuple(base.shape)}: expected (T, T, "
+                             f"{size[-1]})")
+        gen.base[...] = jax.image.resize(base, size, "linear") * 2.0 - 1.0
+        return nnx.split(gen, nnx.Param, ...)[2]
 
     @property
     def frozen(self):
