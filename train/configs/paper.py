@@ -48,10 +48,12 @@ def get_config() -> ml_collections.ConfigDict:
         backbone="iresnet100", widths=(64, 128, 256, 512), input_size=112, weights="",
         shape_head="mica", mica_hidden=300, mica_layers=3))
     # modulation_init: a fresh G_Ab's w -> style weights start at this times
-    # StyleGAN2's N(0, 1) (1: StyleGAN2's; `models._scale_modulation`).
+    # StyleGAN2's N(0, 1) (1: StyleGAN2's; `models.scale_modulation`).
+    # residual_over_mean: a fresh G_Ab draws a residual over the training set's
+    # mean A_GT, starting at 0 (`models.ResidualGenerator`; a small-scale aid).
     c.model.albedo = ml_collections.ConfigDict(dict(
         resolution=1024, channel_multiplier=2, channel_max=0, n_mlp=8, weights="",
-        modulation_init=1.0))
+        modulation_init=1.0, residual_over_mean=False))
     c.model.displacement = ml_collections.ConfigDict(dict(
         resolution=256, channel_multiplier=2, channel_max=0, n_mlp=8, max_displacement=0.01))
     # F (Eq. 1, Sec. 4.1): dlib's ResNet (shipped) or ArcFace ("arcface", weights = an
@@ -92,6 +94,10 @@ def get_config() -> ml_collections.ConfigDict:
     # not the paper's (0 here).
     c.losses.pretrain = ml_collections.ConfigDict(dict(gan=1.0, albedo_identity=1.0,
                                                        albedo_symmetric_reconstruction=0.0))
+    # rigid_from_landmarks: head pose and camera get the landmark term's gradient
+    # only, the image terms reach the other codes (a small-scale aid, tiny's;
+    # `step.context`). False: every term moves them, as in DECA and the paper.
+    c.losses.rigid_from_landmarks = False
     c.losses.shape = ml_collections.ConfigDict(dict(
         identity=0.5, perceptual=1.0, landmark=5.0, shape_center=1.0, regularization=1e-4))
     c.losses.albedo = ml_collections.ConfigDict(dict(

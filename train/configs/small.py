@@ -4,7 +4,7 @@
     face3d train --config small --workdir runs/small
 
 Everything not set here is `tiny.py`'s (so `paper.py`'s loss weights): the
-same sizes (128^2 images, 64^2 crops and albedo), the same shape prior, 4x the
+same sizes (128^2 images, 64^2 crops and albedo), the same shape prior, 2x the
 training identities (128 seen 6 ways) and 3000 steps: 600 of AlbedoGAN
 pre-training, then alternating 50 shape and 25 albedo steps.
 """
@@ -17,7 +17,7 @@ from face3d_train.configs import tiny
 def get_config():
     c = tiny.get_config()
     c.name = "small"
-    c.data.generate.identities = 128
+    c.data.generate.update(dict(identities=128, edits=6))
     c.schedule.update(dict(total_steps=3000, albedo_pretrain_steps=600))
     c.checkpoint.update(dict(every=500, keep=2))
     c.log.update(dict(every=20, images_every=1000))
