@@ -174,8 +174,9 @@ def train(config, workdir, *, progress: bool = True, stop_after: int | None = No
         start = ckpt.latest_step()
         if start is None:
             prior = ensure_shape_prior(config, workdir, trainer.setup, progress=progress)
-            base = (mean_albedo(folder) if config.model.albedo.get("residual_over_mean", False)
-                    else None)
+            base = None
+            if config.model.albedo.get("residual_over_mean", False):
+                base = held.mean_albedo if held.mean_albedo is not None else mean_albedo(folder)
             state, start = trainer.init_state(prior, base), 0
         else:
             state, meta = ckpt.restore(trainer.abstract_state(), start)

@@ -173,7 +173,7 @@ class ShapeEncoder(nnx.Module):
         # step moved a code about sqrt(512) ~ 23x further, and alternating
         # descent drifted the prior's shape by 1.6% per 50 shape steps (0.06%
         # at 1/23 of the lr; docs/training.md).
-        self.num_shape = layout.num_shape if mica is None else 0
+        self.linear_shape_rows = layout.num_shape if mica is None else 0
         self.shape_input_scale = 1.0 / math.sqrt(width)
 
     def feature_map(self, crops: jax.Array) -> jax.Array:
@@ -205,8 +205,8 @@ class ShapeEncoder(nnx.Module):
         pooled = jnp.mean(feat.astype(jnp.float32), axis=(1, 2))
         z = (pooled - self.feature_mean[...]) / self.feature_scale[...]
         kernel = self.head.kernel[...]
-        if self.num_shape:
-            kernel = kernel.at[:, :self.num_shape].multiply(self.shape_input_scale)
+        if self.linear_shape_rows:
+            kernel = kernel.at[:, :self.linear_shape_rows].multiply(self.shape_input_scale)
         out = z @ kernel + self.head.bias[...]
         if self.mica is None:
             return out
@@ -244,9 +244,10 @@ def scale_modulation(gen: Generator, scale: float) -> None:
 
     Why: a weight of a linear map of w only moves along the training w's
     span (its gradient is a sum of w_i outer products), so whatever it
-    started with off that span stays. tiny's 192 training w (32 identities,
-    6 edits each along a few directions) span 36 of w's 512 dimensions, and
-    77% of a held-out w's deviation from their mean lies off that span: G_Ab
+    started with off that span stays. tiny's former 192 training w (32
+    identities, 6 edits each along a few directions) spanned 36 of w's 512
+    dimensions, and 77% of a held-out w's deviation from their mean lay off
+    that span: G_Ab
     drew the held-out identities in the coloured blobs of its random
     initialisation, never trained away. At 0 it starts with one output for
     every w and its response to a new w comes from what was learnt. With

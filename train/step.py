@@ -116,17 +116,19 @@ def context(setup: Setup, nets: Nets, batch: dict, key, *, albedo=None,
         albedo = albedo_map(nets.albedo, batch["w"], noise_mode=noise_mode, key=k_alb)
     size = int(cfg.model.render_size)
     crop = batch["crop"]
+    landmarks2d = None
+    if rigid_by_landmarks:
+        # The render's landmark values; their gradient alone reaches head pose
+        # and camera. Traced once, whichever renders use it (unused: removed by XLA).
+        points = WeakPerspectiveCamera(cam=codes["camera"]).project(
+            flame(codes["global_pose"]).landmarks)
+        landmarks2d = clip_to_pixels(points, (size, size))
 
     def render_fn(albedo_):
         r = render(vertices, model.faces, model.uv_coords, model.uv_faces, albedo_,
                    WeakPerspectiveCamera(cam=sg(codes["camera"])), (size, size),
                    sh_coeffs=codes["light"], landmarks=out.landmarks, background=crop)
-        if not rigid_by_landmarks:
-            return r
-        # The same values; the landmarks' gradient alone reaches head pose and camera.
-        points = WeakPerspectiveCamera(cam=codes["camera"]).project(
-            flame(codes["global_pose"]).landmarks)
-        return r._replace(landmarks2d=clip_to_pixels(points, (size, size)))
+        return r if landmarks2d is None else r._replace(landmarks2d=landmarks2d)
 
     return T.Context(
         batch=batch, codes=codes, displacement=disp, albedo=albedo, render_fn=render_fn,

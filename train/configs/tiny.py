@@ -31,14 +31,14 @@ def get_config():
     c.model.albedo.update(dict(resolution=64, channel_max=32, n_mlp=2))
     # G_Ab from 32 identities: two small-scale aids the paper does not need
     # (its 10,000 identities span w's space). Its w -> style weights start at
-    # 0 (`models.scale_modulation`): tiny's 192 training w span 36 of 512
-    # dimensions and 77% of a held-out w's deviation from their mean lies off
-    # that span, where random initial weights are never trained away: G_Ab
+    # 0 (`models.scale_modulation`): tiny's former 192 training w (32
+    # identities) spanned 36 of 512 dimensions and 77% of a held-out w's
+    # deviation from their mean lay off that span, where random initial weights are never trained away: G_Ab
     # drew held-out identities in the coloured blobs of its initialisation.
     # And pre-training adds a reconstruction term against A_GT, the pairing of
     # w and A_GT the identity loss alone conveys weakly. eval/albedo_psnr after
-    # the 100 pre-training steps: 12.0 dB before, 17.0 dB with both (the
-    # training set's mean A_GT: 19.0 dB; docs/training.md).
+    # the 100 pre-training steps, at 32 identities: 12.0 dB before, 17.0 dB
+    # with both (the training set's mean A_GT: 19.0 dB; docs/training.md).
     c.model.albedo.modulation_init = 0.0
     c.losses.pretrain.albedo_symmetric_reconstruction = 10.0
     # A third: G_Ab draws a residual over the training set's mean A_GT,
