@@ -17,6 +17,11 @@
                    [--boundaries DIR] [--resolution R] [--albedo-size A] [--fit-steps K]
     face3d identity-head --workdir DIR [--config tiny] [--set KEY=VALUE ...]
     face3d train --workdir DIR [--config tiny] [--set KEY=VALUE ...] [--distributed]
+    face3d report --workdir DIR --out REPORT.html [--step N] [--faces K]
+    face3d generate --workdir RUN (--seed S [--num N] | --z Z.npy | --w W.npy)
+                    [--truncation T] [--step K] [--video] --out DIR
+    face3d edit --workdir RUN (--seed S | --w W.npy) --attribute NAME|FILE.npy
+                --alpha A [A ...] [--truncation T] [--step K] [--video] --out DIR
     face3d bench [flame|render|stylegan2|gan-step|iresnet|identity|train-step|all ...]
                  [--size smallest|default] [--json PATH] [--threads N]
                  [--jaxrenderer-python PY] [--gpu-check]
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def _demo(args):
@@ -304,6 +310,49 @@ def build_parser() -> argparse.ArgumentParser:
                     help="override a config field (as for train)")
     ih.set_defaults(func=_identity_head)
 
+    rep = sub.add_parser("report", help="one self-contained HTML page about a run: metric "
+                                        "curves, evaluation table, held-out images and a 3D "
+                                        "viewer of generated faces (opens from file://)")
+    rep.add_argument("--workdir", required=True, help="the run's folder")
+    rep.add_argument("--out", required=True, help="the .html file to write")
+    rep.add_argument("--step", type=int, default=None,
+                     help="the checkpoint to draw faces from (default: the last)")
+    rep.add_argument("--faces", type=int, default=3,
+                     help="generated faces in the 3D viewer (default: 3; 0 for none)")
+    rep.set_defaults(func=_report)
+
+    def run_args(p, what):
+        p.add_argument("--workdir", required=True, help="a `face3d train` run folder")
+        p.add_argument("--step", type=int, default=None,
+                       help="the checkpoint to use (default: the last)")
+        p.add_argument("--truncation", type=float, default=None,
+                       help="psi of the source's mapping for seeds and z (default: the "
+                            "run's data.generate.truncation)")
+        p.add_argument("--out", required=True, help="output folder")
+        p.add_argument("--video", action="store_true", help=what)
+        g = p.add_mutually_exclusive_group(required=True)
+        g.add_argument("--seed", type=int, help="z ~ N(0, I) from jax.random.key(seed)")
+        g.add_argument("--w", default=None, help="a .npy of w: (B, 512), (B, L, 512) or (512,)")
+        return g
+
+    gen = sub.add_parser("generate", help="3D faces of a trained run from seeds, z or w: GLB, "
+                                          "OBJ+MTL+albedo PNG, 16-bit displacement PNG, "
+                                          "renders at the paper's yaws, codes (.npz)")
+    run_args(gen, "also an MP4 turntable per face").add_argument(
+        "--z", default=None, help="a .npy of z: (B, 512)")
+    gen.add_argument("--num", type=int, default=1, help="faces from --seed on (default 1)")
+    gen.set_defaults(func=_generate)
+
+    ed = sub.add_parser("edit", help="InterFaceGAN edit of one face of a trained run: w + "
+                                     "alpha n per alpha, the 3D face and a strip of renders")
+    run_args(ed, "also an MP4 of the edit swept from the first alpha to the last")
+    ed.add_argument("--attribute", required=True,
+                    help="a boundary the run's dataset fitted (smile, jaw_open, yaw, pitch) "
+                         "or an InterFaceGAN .npy ((1, 512), unit norm)")
+    ed.add_argument("--alpha", type=float, nargs="+", required=True,
+                    help="the edit strengths, e.g. -3 0 3")
+    ed.set_defaults(func=_edit)
+
     bench = sub.add_parser("bench", help="benchmarks against their peers (PyTorch, smplx, "
                                          "dlib, jaxrenderer, nvdiffrast): one markdown table "
                                          "and one JSON")
@@ -366,6 +415,65 @@ def _train(args) -> None:
     config = apply_overrides(load(args.config), args.set)
     result = train(config, args.workdir)
     print(" ".join(f"{k}={v:.4g}" for k, v in result.items()))
+
+
+def _load_latents(path: str, what: str):
+    import numpy as np
+
+    try:
+        x = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such {what} file") from None
+    except (ValueError, OSError, EOFError) as exc:
+        raise ValueError(f"{path}: not a readable .npy file ({exc})") from None
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"{path}: {what} of dtype {x.dtype}, expected float")
+    return x
+
+
+def _latents(args, run):
+    """(w (B, L, 512), names) from --seed/--num, --z or --w."""
+    if args.w is not None:
+        w = run.check_w(_load_latents(args.w, "w"))
+        return w, [f"w{i:04d}" for i in range(len(w))]
+    if getattr(args, "z", None) is not None:
+        w = run.w_from_z(_load_latents(args.z, "z"))
+        return w, [f"z{i:04d}" for i in range(len(w))]
+    seeds = list(range(args.seed, args.seed + getattr(args, "num", 1)))
+    return run.w_from_seeds(seeds), [f"seed{s:04d}" for s in seeds]
+
+
+def _generate(args) -> None:
+    from face3d_train.generate import generate
+    from face3d_train.trained import load_run
+
+    if args.num < 1:
+        raise ValueError(f"--num {args.num}: at least 1")
+    run = load_run(args.workdir, args.step, truncation=args.truncation)
+    w, names = _latents(args, run)
+    paths = generate(run, w, args.out, names=names, video=args.video)
+    print(f"wrote {len(w)} faces ({len(paths)} files) to {args.out}")
+
+
+def _edit(args) -> None:
+    from face3d_train.generate import boundary, edit
+    from face3d_train.trained import load_run
+
+    run = load_run(args.workdir, args.step, truncation=args.truncation)
+    normal = boundary(args.attribute, run)
+    w, names = _latents(args, run)
+    if len(w) != 1:
+        raise ValueError(f"--w holds {len(w)} latents: edit takes one")
+    stem = f"{names[0]}_{Path(args.attribute).stem}"
+    paths = edit(run, w, normal, args.alpha, args.out, name=stem, video=args.video)
+    print(f"wrote {len(args.alpha)} edits ({len(paths)} files) to {args.out}")
+
+
+def _report(args) -> None:
+    from face3d_train.report import write_report
+
+    path = write_report(args.workdir, args.out, step=args.step, faces=args.faces)
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -100,6 +100,28 @@ def test_roundtrip_keep_and_latest(tmp_path):
         _assert_same(ck.restore(abstract, step=6)[0], ref[6])
 
 
+def test_read_only_touches_nothing(tmp_path):
+    """A reader of a run being trained (`face3d generate`) must not clean up
+    the trainer's unfinished write nor delete old steps."""
+    with Checkpointer(tmp_path / "ckpt", keep=3, save_every=1, async_save=False) as ck:
+        for step in (1, 2):
+            ck.save(step, _state(float(step), step), {"step": step})
+    unfinished = tmp_path / "ckpt" / "3.orbax-checkpoint-tmp-123"
+    unfinished.mkdir()
+    before = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+    abstract = jax.eval_shape(lambda: _state(0.0, 0))
+    with Checkpointer(tmp_path / "ckpt", keep=1, save_every=1, read_only=True) as ck:
+        assert ck.all_steps() == [1, 2]
+        state, meta = ck.restore(abstract)
+        assert meta == {"step": 2}
+        with pytest.raises(RuntimeError, match="read-only"):
+            ck.save(4, state, {})
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == before
+    with pytest.raises(FileNotFoundError, match="no such checkpoint folder"):
+        Checkpointer(tmp_path / "none", save_every=1, read_only=True)
+    assert not (tmp_path / "none").exists()
+
+
 def test_relative_directory(tmp_path, monkeypatch):
     # `face3d train --workdir runs/tiny`: orbax's array writer needs an
     # absolute path, an async save must not fail in its background thread.

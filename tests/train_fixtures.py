@@ -60,3 +60,18 @@ def write_dataset(folder, identities: int = 4, per_identity: int = 4, seed: int 
     spec = dict(resolution=RES, albedo_size=ALBEDO, crop_size=CROP, n_latent=18,
                 style_dim=512, groups=groups, identities=identities)
     return tfds_builder.build(folder, [shard], spec)
+
+
+def micro_run(folder, steps: int = 2) -> Path:
+    """A finished `face3d train` workdir of `micro_config` (a random dataset
+    beside it, no evaluation, `steps` steps, checkpoints at every other step):
+    what a trained-run loader and the commands built on it read."""
+    from face3d_train.loop import train
+
+    folder = Path(folder)
+    c = micro_config(str(write_dataset(folder / "data")))
+    c.schedule.update(dict(total_steps=steps, albedo_pretrain_steps=1, shape_steps=1,
+                           albedo_steps=1))
+    c.eval.identities = 0
+    train(c, folder / "run", progress=False)
+    return folder / "run"

@@ -104,11 +104,14 @@ class Checkpointer:
       save_every: `save(step, ...)` writes when step % save_every == 0 (>= 1).
       async_save: write in a background thread; `save` returns once the
         arrays are copied to host, so the caller may donate or delete them.
+      read_only: only read (the directory must exist): nothing in it is
+        created, cleaned up or deleted, so a run being trained can be read.
 
     Use as a context manager, or call `close()`, so pending writes finish.
     """
 
-    def __init__(self, directory, *, keep: int = 3, save_every: int, async_save: bool = True):
+    def __init__(self, directory, *, keep: int = 3, save_every: int, async_save: bool = True,
+                 read_only: bool = False):
         if not isinstance(keep, int) or keep < 1:
             raise ValueError(f"keep must be an int >= 1, got {keep!r}")
         if not isinstance(save_every, int) or save_every < 1:
@@ -118,10 +121,15 @@ class Checkpointer:
         if "://" not in str(directory):
             directory = os.path.abspath(os.fspath(directory))
         self.directory = epath.Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.save_every = save_every
+        if read_only and not self.directory.is_dir():
+            raise FileNotFoundError(f"{self.directory}: no such checkpoint folder")
+        if not read_only:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        self.save_every, self.read_only = save_every, read_only
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
+            max_to_keep=None if read_only else keep, save_interval_steps=0 if read_only else 1,
+            enable_async_checkpointing=async_save and not read_only,
+            create=not read_only, read_only=read_only)
         # Explicit handlers: item metadata and restores of a folder written by
         # an earlier process must not depend on what this process has saved.
         self._manager = ocp.CheckpointManager(
@@ -144,6 +152,8 @@ class Checkpointer:
           True if a write was started; False if the step is not a multiple of
           `save_every` (and not forced) or is already on disk (never overwritten).
         """
+        if self.read_only:
+            raise RuntimeError(f"{self.directory} was opened read-only: not saving step {step}")
         if not isinstance(step, int) or isinstance(step, bool) or step < 0:
             raise ValueError(f"step must be an int >= 0, got {step!r}")
         if not isinstance(meta, dict):

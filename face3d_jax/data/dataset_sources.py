@@ -5,7 +5,8 @@ A source has n_latent, style_dim, resolution and
   mapping(z (B, style_dim) float32) -> w (B, n_latent, style_dim) float32,
   render(w) -> (images (B, R, R, 3) uint8, true landmarks (B, 68, 2) float32
     in image pixels with integer pixel centres as dlib's; NaN for StyleGAN2),
-  labels(w, detected landmarks) -> dict of (B,) float32 (LABELS names).
+  labels(w, detected landmarks) -> dict of (B,) float32 (LABELS names),
+  image_fn() -> a pure, differentiable w -> (B, R, R, 3) float32 image function.
 """
 
 from __future__ import annotations
@@ -61,6 +62,14 @@ class TeacherSource(_Cache):
     def mapping(self, z):
         return np.asarray(self._map(jnp.asarray(z)))
 
+    def image_fn(self):
+        """A pure function w (B, n_latent, style_dim) -> (B, R, R, 3) float32
+        images in [0, 1], differentiable in w (GAN inversion)."""
+        from face3d_jax import teacher as tt
+
+        world = self.world
+        return lambda w: tt.render_scene(world, tt.scene(world, w)).image
+
     def render(self, w):
         image, lmk = self._render(jnp.asarray(w))
         return np.asarray(image), np.asarray(lmk, np.float32)
@@ -95,8 +104,18 @@ class StyleGAN2Source(_Cache):
             x = nnx.merge(graphdef, state).synthesis(w, noise_mode="const")
             return jnp.clip(jnp.round((x[..., :3] + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
 
-        self._state = state
+        self._state, self._graphdef = state, graphdef
         self._map, self._render = jax.jit(mapping), jax.jit(render)
+
+    def image_fn(self):
+        """A pure function w (B, n_latent, style_dim) -> (B, R, R, 3) float32
+        images, (x + 1) / 2 of the generator with its constant noise, not
+        clipped (clipping would stop the gradient), differentiable in w."""
+        from flax import nnx
+
+        graphdef, state = self._graphdef, self._state
+        return lambda w: (nnx.merge(graphdef, state).synthesis(
+            w, noise_mode="const")[..., :3] + 1.0) * 0.5
 
     def mapping(self, z):
         return np.asarray(self._map(self._state, jnp.asarray(z)))

@@ -1,0 +1,227 @@
+"""A trained run read back (`face3d_train.trained`) and the commands built on it
+(`face3d generate`, `face3d edit`): the loader reproduces the trainer's own
+forward pass, the files read back hold the generated face, bad input is one
+line naming the file."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import trimesh
+from PIL import Image
+from train_fixtures import micro_run
+
+from face3d_jax import cli
+from face3d_train import face_files as ff
+from face3d_train.generate import edit, generate, turntable_yaws
+from face3d_train.trained import PAPER_YAWS, load_run
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return micro_run(tmp_path_factory.mktemp("trained"))
+
+
+@pytest.fixture(scope="module")
+def run(workdir):
+    return load_run(workdir)
+
+
+@pytest.fixture(scope="module")
+def faces(run):
+    return run.faces(run.w_from_seeds([0, 1, 2]), batch=2)
+
+
+def test_the_loader_reproduces_the_trainers_forward_pass(workdir, run, faces):
+    """E_shape's codes, G_Ab's EMA albedo and the render over the crop are the
+    trainer's own (`step.context` with constant noise, as the evaluation runs
+    it) on the same crop and w. Both are the same float32 graph compiled
+    separately: XLA may fuse differently, so a few ulps of the outputs' size."""
+    import jax
+
+    from face3d_train.checkpoint import Checkpointer
+    from face3d_train.loop import Trainer, make_mesh
+    from face3d_train.step import Nets, context
+
+    assert run.step == 2
+    tr = Trainer(run.config, run.model, make_mesh(jax.devices()[:1]))
+    with Checkpointer(workdir / "checkpoints", keep=10, save_every=1, async_save=False) as ck:
+        state, _ = ck.restore(tr.abstract_state())
+    batch = dict(crop=faces.crop, w=faces.w, landmarks=np.zeros((3, 68, 2), np.float32))
+    nets = Nets(tr.setup, state, tr.frozen, g=state.albedo.g_ema)
+    ctx = context(tr.setup, nets, batch, jax.random.key(0), noise_mode="const")
+    for k, v in ctx.codes.items():
+        np.testing.assert_allclose(faces.codes[k], v, rtol=1e-4, atol=1e-5, err_msg=k)
+    np.testing.assert_allclose(faces.albedo, np.clip(ctx.albedo, 0, 1), atol=1e-5)
+    np.testing.assert_allclose(faces.displacement, ctx.displacement, atol=1e-7)
+    np.testing.assert_allclose(faces.render, np.clip(ctx.render.image, 0, 1), atol=1e-4)
+
+
+def test_faces_shapes_and_determinism(run, faces):
+    v = run.model.faces.max() + 1
+    c, r = run.crop_size, run.source.resolution
+    assert faces.w.shape == (3, run.n_latent, 512)
+    assert faces.image.shape == (3, r, r, 3) and faces.image.dtype == np.uint8
+    assert faces.crop.shape == faces.render.shape == (3, c, c, 3)
+    for name in ("coarse", "detailed", "canonical"):
+        assert getattr(faces, name).shape == (3, v, 3)
+    assert np.isfinite(faces.detailed).all()
+    # The displacement moves the detailed mesh off the coarse one, no further than its range.
+    gap = np.linalg.norm(faces.detailed - faces.coarse, axis=-1)
+    assert gap.max() <= run.max_displacement * (1 + 1e-4)
+    again = run.faces(faces.w[1:2])
+    np.testing.assert_array_equal(again.albedo[0], faces.albedo[1])
+    np.testing.assert_allclose(again.detailed[0], faces.detailed[1], atol=1e-6)
+    # Different people differ.
+    assert np.abs(faces.image[0].astype(int) - faces.image[1]).mean() > 1
+
+
+def test_w_shapes_are_checked(run):
+    w = run.w_from_seeds([0])
+    np.testing.assert_array_equal(run.check_w(w[0, 0]), w)  # (512,) broadcast over rows
+    with pytest.raises(ValueError, match=r"w of shape \(2, 3\)"):
+        run.check_w(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="NaN"):
+        run.check_w(np.full((512,), np.nan))
+    with pytest.raises(ValueError, match="z of shape"):
+        run.w_from_z(np.zeros((2, 7)))
+
+
+def test_views_turn_the_head(run, faces):
+    views = run.views(faces.take([0]), PAPER_YAWS, size=64)
+    assert views.shape == (1, len(PAPER_YAWS), 64, 64, 3)
+    front = views[0, PAPER_YAWS.index(0.0)]
+    # Something is drawn on the white background, and a turned head is another picture.
+    assert (front < 0.99).any(axis=-1).mean() > 0.1
+    assert np.abs(views[0, 0] - front).mean() > 0.01
+    # Turning left and right mirror each other roughly only for a symmetric
+    # head: not asserted; yaw 0 is the canonical face's front.
+
+
+def test_generate_writes_the_face_that_was_generated(tmp_path, run, faces):
+    pygltflib = pytest.importorskip("pygltflib")
+    import cv2
+
+    out = tmp_path / "gen"
+    paths = generate(run, faces.w[:1], out, names=["a"], video=True, progress=False, size=64)
+    names = {p.name for p in paths}
+    assert {"a.glb", "a.obj", "a.mtl", "a.png", "a_displacement.png", "a_views.png", "a.npz",
+            "a_turntable.mp4"} <= names
+    albedo = ff.to_u8(faces.albedo[0])
+    assert albedo.std() > 2  # the generated map, not a constant
+    mesh = trimesh.load(out / "a.glb", force="mesh")
+    tex = np.asarray(mesh.visual.material.baseColorTexture.convert("RGB"))
+    np.testing.assert_array_equal(tex, albedo)
+    # The GLB's vertices are the canonical detailed mesh's (split at UV seams).
+    src = faces.canonical[0][np.unique(run.model.faces)[:200]]
+    d = np.linalg.norm(mesh.vertices[:, None] - src[None], axis=-1).min(0)
+    assert d.max() < 1e-6
+    g = pygltflib.GLTF2().load(str(out / "a.glb"))
+    assert g.materials[0].pbrMetallicRoughness.baseColorTexture is not None
+    obj = trimesh.load(out / "a.obj", force="mesh")
+    assert len(obj.faces) == len(run.model.faces)
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "a.png").convert("RGB")), albedo)
+    disp = cv2.imread(str(out / "a_displacement.png"), cv2.IMREAD_UNCHANGED)
+    assert disp.dtype == np.uint16 and disp.shape == faces.displacement.shape[1:3]
+    back = (disp / 65535.0 * 2.0 - 1.0) * run.max_displacement
+    # 16 bits over [-max, max]: half a step of rounding.
+    np.testing.assert_allclose(back, faces.displacement[0, ..., 0],
+                               atol=run.max_displacement / 65535 + 1e-9)
+    strip = np.asarray(Image.open(out / "a_views.png"))
+    assert strip.shape == (64, 64 * (1 + len(PAPER_YAWS)), 3)
+    codes = np.load(out / "a.npz")
+    np.testing.assert_array_equal(codes["w"], faces.w[0])
+    np.testing.assert_allclose(codes["code_shape"], faces.codes["shape"][0])
+    video = cv2.VideoCapture(str(out / "a_turntable.mp4"))
+    frames = int(video.get(cv2.CAP_PROP_FRAME_COUNT))
+    ok, frame = video.read()
+    video.release()
+    assert ok and frame.shape == (64, 64, 3) and frames == len(turntable_yaws())
+
+
+def test_edit_moves_w_along_the_boundary(tmp_path, run, faces):
+    normal = np.zeros(512, np.float32)
+    normal[3] = 1.0
+    path = tmp_path / "b.npy"
+    np.save(path, normal[None] * 2.0)  # InterFaceGAN's (1, 512); normalised on load
+    out = tmp_path / "edit"
+    code = cli.main(["edit", "--workdir", str(run.workdir), "--w", str(tmp_path / "w.npy"),
+                     "--attribute", str(path), "--alpha", "-2", "2", "--out", str(out)])
+    assert code == 2  # no such w file: one line, nothing written
+    assert not out.exists()
+    np.save(tmp_path / "w.npy", faces.w[0, 0])
+    paths = edit(run, faces.w[:1], normal, [-2.0, 2.0], out, name="e", video=True,
+                 progress=False, size=32)
+    saved = np.load(out / "e_plus2p00.npz")
+    np.testing.assert_allclose(saved["w"], faces.w[0] + 2.0 * normal, atol=1e-6)
+    assert float(saved["alpha"]) == 2.0
+    strip = np.asarray(Image.open(out / "e_strip.png"))
+    assert strip.shape == (64, 64, 3)
+    assert (out / "e_minus2p00.glb").is_file() and out / "e_strip.png" in paths
+    import cv2
+
+    video = cv2.VideoCapture(str(out / "e.mp4"))
+    frames = int(video.get(cv2.CAP_PROP_FRAME_COUNT))
+    ok, frame = video.read()
+    video.release()
+    assert ok and frame.shape == (32, 64, 3) and frames == len(turntable_yaws())
+
+
+def test_cli_generate_from_seeds(tmp_path, run, capsys):
+    out = tmp_path / "cli"
+    assert cli.main(["generate", "--workdir", str(run.workdir), "--seed", "5", "--num", "1",
+                     "--out", str(out)]) == 0
+    assert (out / "seed0005.glb").is_file() and (out / "seed0005_views.png").is_file()
+    np.testing.assert_array_equal(np.load(out / "seed0005.npz")["w"], run.w_from_seeds([5])[0])
+
+
+def _error(capsys, argv) -> str:
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("face3d: error:")
+    return err[0]
+
+
+def test_bad_runs_are_one_line(tmp_path, workdir, capsys):
+    gen = lambda wd, *more: ["generate", "--workdir", str(wd), "--seed", "0", "--out",
+                             str(tmp_path / "o"), *more]
+    assert "no such run folder" in _error(capsys, gen(tmp_path / "nowhere"))
+    (tmp_path / "empty").mkdir()
+    assert "config.json is missing" in _error(capsys, gen(tmp_path / "empty"))
+
+    def copy(name):
+        dst = tmp_path / name
+        shutil.copytree(workdir, dst, ignore=shutil.ignore_patterns("tensorboard"))
+        return dst
+
+    bad = copy("corrupt")
+    (bad / "config.json").write_text("{not json")
+    assert "config.json: unreadable" in _error(capsys, gen(bad))
+    bad = copy("foreign")
+    (bad / "config.json").write_text(json.dumps({"model": {}}))
+    assert "not a training config" in _error(capsys, gen(bad))
+    bad = copy("other")
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["model"]["albedo"]["channel_max"] *= 2
+    (bad / "config.json").write_text(json.dumps(cfg))
+    assert "does not match" in _error(capsys, gen(bad))  # names the checkpoint's folder
+    bad = copy("old")
+    cfg = json.loads((bad / "config.json").read_text())
+    del cfg["model"]["encoder"]
+    (bad / "config.json").write_text(json.dumps(cfg))
+    assert "not readable by this version" in _error(capsys, gen(bad))
+    bad = copy("nockpt")
+    shutil.rmtree(bad / "checkpoints")
+    assert "checkpoints is missing" in _error(capsys, gen(bad))
+    assert "no checkpoint for step 7" in _error(capsys, gen(workdir, "--step", "7"))
+    np.save(tmp_path / "w.npy", np.zeros((2, 3), np.float32))
+    assert "w of shape (2, 3)" in _error(capsys, ["generate", "--workdir", str(workdir), "--w",
+                                                  str(tmp_path / "w.npy"), "--out",
+                                                  str(tmp_path / "o")])
+    msg = _error(capsys, ["edit", "--workdir", str(workdir), "--seed", "0", "--attribute",
+                          "smile", "--alpha", "1", "--out", str(tmp_path / "o")])
+    assert "no boundary 'smile'" in msg
+    assert not (tmp_path / "o").exists()
