@@ -121,3 +121,20 @@ def test_id_similarity_renders_differ_only_in_albedo(run):
         assert truth > grey
     finally:
         held.mean_albedo = saved
+
+
+def test_id_similarity_with_any_albedo_is_the_evaluations(run):
+    """`HeldOutEval.id_similarity` (face3d_eval.albedo_probe --workdir) scores
+    what the evaluation scores: with no albedo G_Ab's, with the true maps
+    what the mean-albedo metric gives when the 'mean' is the truth."""
+    trainer, held, state = run
+    got = held.evaluate(state)
+    assert held.id_similarity(state) == pytest.approx(got["eval/id_similarity"], abs=1e-5)
+    saved = held.mean_albedo
+    try:
+        held.mean_albedo = np.asarray(held.held.albedo)
+        want = held.evaluate(state)["eval/id_similarity_mean_albedo"]
+    finally:
+        held.mean_albedo = saved
+    truth = jnp.asarray(held.held.albedo)
+    assert held.id_similarity(state, truth) == pytest.approx(want, abs=1e-5)

@@ -150,6 +150,20 @@ class HeldOutEval:
     def _batch(self):
         return held_out_batch(self.held)
 
+    def id_similarity(self, state, albedo=None) -> float:
+        """`eval/id_similarity` of a state, with `albedo` (N, Ta, Ta, 3) float32
+        in [0, 1], one map per held-out identity, in place of G_Ab's when given
+        (everything else as evaluated): what F makes of a render with any
+        albedo (face3d_eval.albedo_probe)."""
+        if not self.enabled:
+            raise ValueError("the evaluation is off (no teacher world or eval.identities = 0)")
+        if "_similarity" not in self.__dict__:
+            def fn(state, batch, albedo):
+                ctx = self._outputs(state, batch, albedo)
+                return 1.0 - L.identity_loss(ctx.identity_render[0], ctx.identity_target[0])
+            self._similarity = jax.jit(fn)
+        return float(self._similarity(state, self._batch(), albedo))
+
     def evaluate(self, state) -> dict[str, float]:
         """{"eval/<metric>": float} for a train state (empty when disabled)."""
         if not self.enabled:
