@@ -22,6 +22,7 @@
                     [--truncation T] [--step K] [--video] --out DIR
     face3d edit --workdir RUN (--seed S | --w W.npy) --attribute NAME|FILE.npy
                 --alpha A [A ...] [--truncation T] [--step K] [--video] --out DIR
+    face3d reconstruct IMAGE... --workdir RUN --out DIR [--steps 1000] [--w-plus] [--step K]
     face3d bench [flame|render|stylegan2|gan-step|iresnet|identity|train-step|all ...]
                  [--size smallest|default] [--json PATH] [--threads N]
                  [--jaxrenderer-python PY] [--gpu-check]
@@ -353,6 +354,22 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the edit strengths, e.g. -3 0 3")
     ed.set_defaults(func=_edit)
 
+    rec = sub.add_parser("reconstruct", help="3D faces of photographs: E_shape on DECA's crop "
+                                             "(dlib), w by GAN inversion against the run's "
+                                             "image source, then generate's outputs")
+    rec.add_argument("images", nargs="+", metavar="IMAGE",
+                     help="photographs, aligned as the source's images are (the inversion's "
+                          "target is the centre square, resized)")
+    rec.add_argument("--workdir", required=True, help="a `face3d train` run folder")
+    rec.add_argument("--step", type=int, default=None, help="the checkpoint (default: last)")
+    rec.add_argument("--out", required=True, help="output folder")
+    rec.add_argument("--steps", type=int, default=1000, help="inversion steps (default 1000)")
+    rec.add_argument("--lr", type=float, default=0.1, help="Adam's peak learning rate")
+    rec.add_argument("--w-plus", action="store_true", help="one w row per layer (w+)")
+    rec.add_argument("--pixel-weight", type=float, default=1.0,
+                     help="weight of the pixel MSE beside the perceptual distance")
+    rec.set_defaults(func=_reconstruct)
+
     bench = sub.add_parser("bench", help="benchmarks against their peers (PyTorch, smplx, "
                                          "dlib, jaxrenderer, nvdiffrast): one markdown table "
                                          "and one JSON")
@@ -474,6 +491,23 @@ def _report(args) -> None:
 
     path = write_report(args.workdir, args.out, step=args.step, faces=args.faces)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB)")
+
+
+def _reconstruct(args) -> None:
+    from face3d_train.reconstruct import InversionConfig, read_image, reconstruct
+    from face3d_train.trained import load_run
+
+    images = [read_image(p) for p in args.images]  # every file checked before any work
+    names = [Path(p).stem for p in args.images]
+    if len(set(names)) != len(names):
+        raise ValueError("two images share a file name: their outputs would collide")
+    run = load_run(args.workdir, args.step)
+    config = InversionConfig(steps=args.steps, lr=args.lr, w_plus=args.w_plus,
+                             pixel_weight=args.pixel_weight)
+    paths, _, inv = reconstruct(run, images, args.out, names=names, config=config)
+    for name, first, last in zip(names, inv.losses[0], inv.losses[-1]):
+        print(f"{name}: inversion loss {first:.4g} -> {last:.4g}")
+    print(f"wrote {len(paths)} files to {args.out}")
 
 
 def main(argv: list[str] | None = None) -> int:

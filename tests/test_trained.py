@@ -6,6 +6,7 @@ line naming the file."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import numpy as np
@@ -224,4 +225,55 @@ def test_bad_runs_are_one_line(tmp_path, workdir, capsys):
     msg = _error(capsys, ["edit", "--workdir", str(workdir), "--seed", "0", "--attribute",
                           "smile", "--alpha", "1", "--out", str(tmp_path / "o")])
     assert "no boundary 'smile'" in msg
+    assert not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------- reconstruct
+
+
+def test_learning_rate_is_rosinalitys_ramp():
+    """projector.py's get_lr, written out."""
+    from face3d_train.reconstruct import learning_rate
+
+    def get_lr(t, initial_lr, rampdown=0.25, rampup=0.05):
+        lr_ramp = min(1, (1 - t) / rampdown)
+        lr_ramp = 0.5 - 0.5 * math.cos(lr_ramp * math.pi)
+        lr_ramp = lr_ramp * min(1, t / rampup)
+        return initial_lr * lr_ramp
+
+    for t in (0.0, 0.01, 0.05, 0.3, 0.8, 0.95, 1.0):
+        assert float(learning_rate(t, 0.1)) == pytest.approx(get_lr(t, 0.1), abs=1e-7)
+
+
+def test_inversion_finds_a_teacher_image(run, tmp_path, monkeypatch, capsys):
+    """Inverting the source's own image of a w lowers the perceptual + pixel
+    loss (the recorded curve: its last step has no latent noise); `reconstruct` writes the
+    generate outputs plus the inverted image and the loss curve. dlib cannot
+    see a face in the micro world's 32 px images, so its landmarks are the
+    teacher's truth here (detection is tested in test_faces.py)."""
+    from face3d_train.reconstruct import InversionConfig, reconstruct
+
+    w = run.w_from_seeds([11, 12])
+    images, truth = run.source.render(w)
+    monkeypatch.setattr(run, "detect", lambda ims: truth[:len(ims)])
+    config = InversionConfig(steps=40, mean_samples=2000)
+    paths, faces, inv = reconstruct(run, list(images), tmp_path / "rec", names=["p", "q"],
+                                    config=config, progress=False, size=32)
+    assert inv.losses.shape == (40, 2)
+    assert (inv.losses[-1] < 0.8 * inv.losses[0]).all(), inv.losses[[0, -1]]
+    assert faces.w.shape == (2, run.n_latent, 512)
+    np.testing.assert_allclose(faces.w, inv.w)
+    names = {p.name for p in paths}
+    assert {"p.glb", "p_inverted.png", "p_loss.png", "q_views.png", "q.npz"} <= names
+    assert np.load(tmp_path / "rec" / "q.npz")["losses"].shape == (40,)
+
+    # The command: unreadable and faceless images are one line each.
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    msg = _error(capsys, ["reconstruct", str(tmp_path / "bad.png"), "--workdir",
+                          str(run.workdir), "--out", str(tmp_path / "o")])
+    assert "bad.png: not an image" in msg
+    ff.write_png(tmp_path / "grey.png", np.full((64, 64, 3), 128, np.uint8))
+    msg = _error(capsys, ["reconstruct", str(tmp_path / "grey.png"), "--workdir",
+                          str(run.workdir), "--out", str(tmp_path / "o"), "--steps", "1"])
+    assert "grey: dlib finds no face" in msg
     assert not (tmp_path / "o").exists()

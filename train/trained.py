@@ -242,9 +242,10 @@ class TrainedModel:
         return _concat(parts)
 
     def detect(self, images) -> np.ndarray:
-        """dlib's 68 landmarks of the largest face in each image (B, H, W, 3)
-        uint8: (B, 68, 2) float32 pixels, NaN where no face is found."""
-        return self._landmarks(np.asarray(images), None, mode="detected")
+        """dlib's 68 landmarks of the largest face in each of B images ((H, W,
+        3) uint8, sizes may differ): (B, 68, 2) float32 pixels, NaN where no
+        face is found."""
+        return self._landmarks([np.asarray(im) for im in images], None, mode="detected")
 
     def crops(self, images, landmarks) -> np.ndarray:
         """DECA's crops of images (B, H, W, 3) uint8 around landmarks (B, 68,
