@@ -282,8 +282,9 @@ class TrainedModel:
 
     def _view_fn(self, vertices, albedo, yaws, *, size):
         b, v = vertices.shape[0], self.model
-        # Centred on the mesh's bounding box and framed as the crop prior frames
-        # the mean face, so every view shows the whole head at one scale.
+        # Centred on the mesh's bounding box, its largest side spanning 0.9 of
+        # the image: every view shows the whole head (and neck) at one scale,
+        # with room for the diagonal a turned head shows (checked to +-45 deg).
         lo, hi = jnp.min(vertices, axis=1), jnp.max(vertices, axis=1)
         centre = (lo + hi) * 0.5
         extent = jnp.max(hi - lo, axis=-1)
