@@ -98,8 +98,20 @@ def test_views_turn_the_head(run, faces):
     # Something is drawn on the white background, and a turned head is another picture.
     assert (front < 0.99).any(axis=-1).mean() > 0.1
     assert np.abs(views[0, 0] - front).mean() > 0.01
-    # Turning left and right mirror each other roughly only for a symmetric
-    # head: not asserted; yaw 0 is the canonical face's front.
+
+
+def _video(path) -> tuple[int, np.ndarray]:
+    """An MP4's frame count and its first frame (H, W, 3), read by opencv."""
+    import cv2
+
+    video = cv2.VideoCapture(str(path))
+    try:
+        count = int(video.get(cv2.CAP_PROP_FRAME_COUNT))
+        ok, frame = video.read()
+    finally:
+        video.release()
+    assert ok, f"{path}: no frame"
+    return count, frame
 
 
 def test_generate_writes_the_face_that_was_generated(tmp_path, run, faces):
@@ -136,11 +148,8 @@ def test_generate_writes_the_face_that_was_generated(tmp_path, run, faces):
     codes = np.load(out / "a.npz")
     np.testing.assert_array_equal(codes["w"], faces.w[0])
     np.testing.assert_allclose(codes["code_shape"], faces.codes["shape"][0])
-    video = cv2.VideoCapture(str(out / "a_turntable.mp4"))
-    frames = int(video.get(cv2.CAP_PROP_FRAME_COUNT))
-    ok, frame = video.read()
-    video.release()
-    assert ok and frame.shape == (64, 64, 3) and frames == len(turntable_yaws())
+    frames, first = _video(out / "a_turntable.mp4")
+    assert first.shape == (64, 64, 3) and frames == len(turntable_yaws())
 
 
 def test_edit_moves_w_along_the_boundary(tmp_path, run, faces):
@@ -162,13 +171,8 @@ def test_edit_moves_w_along_the_boundary(tmp_path, run, faces):
     strip = np.asarray(Image.open(out / "e_strip.png"))
     assert strip.shape == (64, 64, 3)
     assert (out / "e_minus2p00.glb").is_file() and out / "e_strip.png" in paths
-    import cv2
-
-    video = cv2.VideoCapture(str(out / "e.mp4"))
-    frames = int(video.get(cv2.CAP_PROP_FRAME_COUNT))
-    ok, frame = video.read()
-    video.release()
-    assert ok and frame.shape == (32, 64, 3) and frames == len(turntable_yaws())
+    frames, first = _video(out / "e.mp4")
+    assert first.shape == (32, 64, 3) and frames == len(turntable_yaws())
 
 
 def test_cli_generate_from_seeds(tmp_path, run, capsys):

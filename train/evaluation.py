@@ -108,6 +108,7 @@ class HeldOutEval:
             self.mean_albedo = mean_albedo(dataset)
         self._eval = jax.jit(self._metrics)
         self._images = jax.jit(self._image_grids)
+        self._similarity = jax.jit(self._similarity_fn)
 
     def _outputs(self, state, batch, albedo=None):
         """The step's context with G_Ab's EMA; `albedo` (B, Ta, Ta, 3) replaces
@@ -157,12 +158,11 @@ class HeldOutEval:
         albedo (face3d_eval.albedo_probe)."""
         if not self.enabled:
             raise ValueError("the evaluation is off (no teacher world or eval.identities = 0)")
-        if "_similarity" not in self.__dict__:
-            def fn(state, batch, albedo):
-                ctx = self._outputs(state, batch, albedo)
-                return 1.0 - L.identity_loss(ctx.identity_render[0], ctx.identity_target[0])
-            self._similarity = jax.jit(fn)
         return float(self._similarity(state, self._batch(), albedo))
+
+    def _similarity_fn(self, state, batch, albedo):
+        ctx = self._outputs(state, batch, albedo)
+        return 1.0 - L.identity_loss(ctx.identity_render[0], ctx.identity_target[0])
 
     def evaluate(self, state) -> dict[str, float]:
         """{"eval/<metric>": float} for a train state (empty when disabled)."""

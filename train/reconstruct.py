@@ -82,7 +82,9 @@ def mapped_w_stats(run: TrainedModel, samples: int, key) -> tuple[np.ndarray, fl
 def image_distance(run: TrainedModel):
     """(images, targets, target_landmarks) -> per-image perceptual distance
     (N,) (module docstring), all images (N, R, R, 3) float in [0, 1] and the
-    targets' landmarks (N, 68, 2) in pixels."""
+    targets' landmarks (N, 68, 2) in pixels. The networks are the run's
+    (`config.model.perceptual`, `config.model.identity`): their weight files
+    must be where the config says."""
     from face3d_train.models import identity_network, perceptual_network
 
     vgg = perceptual_network(run.config.model)

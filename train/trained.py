@@ -116,7 +116,8 @@ class TrainedModel:
     model and the run's image source. Build it with `load_run`.
 
     Attributes:
-      config: the run's ConfigDict; step: the checkpoint's step; workdir;
+      config: the run's ConfigDict as trained (F's and VGG16's weight paths
+        included, though loading does not read them); step: the checkpoint's step; workdir;
       max_displacement: G_Disp's range (metres);
       model: the FLAME model (faces (F, 3), uv_coords (T, 2), uv_faces (F, 3)).
       source: the image source (`face3d_jax.data.dataset_sources`).
@@ -230,8 +231,7 @@ class TrainedModel:
         for start in range(0, len(w), batch):
             wb = w[start:start + batch]
             real = len(wb)
-            if real < batch:  # one compiled shape for every batch
-                wb = np.concatenate([wb, np.repeat(wb[-1:], batch - real, 0)])
+            wb = _pad(wb, batch)  # the source renders one compiled shape too
             images, truth = self.source.render(wb)
             lmk = self._landmarks(images, truth)
             missing = np.flatnonzero(~np.isfinite(lmk[:real]).all(axis=(1, 2)))
@@ -273,8 +273,8 @@ class TrainedModel:
         for start in range(0, len(w), batch):
             cb, wb = crop[start:start + batch], w[start:start + batch]
             real = len(wb)
-            pad = lambda x: np.concatenate([x, np.repeat(x[-1:], batch - real, 0)])  # noqa: B023
-            out = jax.device_get(self._decode(jnp.asarray(pad(cb)), jnp.asarray(pad(wb))))
+            out = jax.device_get(self._decode(jnp.asarray(_pad(cb, batch)),
+                                              jnp.asarray(_pad(wb, batch))))
             part = dict(w=wb, image=np.asarray(images[start:start + batch]), crop=cb,
                         **jax.tree.map(lambda x, n=real: np.asarray(x)[:n], out))
             parts.append(Faces(**part))
@@ -312,9 +312,16 @@ class TrainedModel:
         return np.clip(np.asarray(out).transpose(1, 0, 2, 3, 4), 0.0, 1.0)
 
 
+def _pad(x: np.ndarray, batch: int) -> np.ndarray:
+    """x (n <= batch, ...) padded to batch rows with its last row: one compiled
+    shape serves every batch."""
+    return np.concatenate([x, np.repeat(x[-1:], batch - len(x), 0)])
+
+
 def _concat(parts: list[Faces]) -> Faces:
+    fields = [f.name for f in dataclasses.fields(Faces)]
     merged = jax.tree.map(lambda *xs: np.concatenate(xs),
-                          *[dataclasses.asdict(p) for p in parts])
+                          *[{k: getattr(p, k) for k in fields} for p in parts])
     merged["albedo"] = np.clip(merged["albedo"], 0.0, 1.0)
     merged["render"] = np.clip(merged["render"], 0.0, 1.0)
     return Faces(**merged)
@@ -377,4 +384,4 @@ def load_run(workdir, step: int | None = None, *, truncation: float | None = Non
     if truncation is not None:
         gcfg = dataclasses.replace(gcfg, truncation=float(truncation))
     source = TeacherSource(gcfg, model) if gcfg.source == "teacher" else StyleGAN2Source(gcfg)
-    return TrainedModel(gen_config, model, setup, state, step, source, workdir)
+    return TrainedModel(config, model, setup, state, step, source, workdir)
