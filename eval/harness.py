@@ -41,6 +41,7 @@ BENCHMARKS = {
     "iresnet": "bench_iresnet",
     "identity": "bench_identity",
     "train-step": "bench_train_step",
+    "now": "bench_now",
 }
 
 

@@ -23,7 +23,12 @@
     face3d edit --workdir RUN (--seed S | --w W.npy) --attribute NAME|FILE.npy
                 --alpha A [A ...] [--truncation T] [--step K] [--video] --out DIR
     face3d reconstruct IMAGE... --workdir RUN --out DIR [--steps 1000] [--w-plus] [--step K]
-    face3d bench [flame|render|stylegan2|gan-step|iresnet|identity|train-step|all ...]
+    face3d predict now --workdir RUN --images DIR [--list FILE] [--step K] --out DIR
+    face3d eval now --predictions DIR --gt NOW_ROOT [--image-set val|test] [--list FILE]
+                    [--challenge C] [--metrical --unit mm|cm|m] [--method NAME] [--out DIR]
+    face3d eval realy --predictions DIR --realy ROOT --template FLAME.obj --keypoints FLAME.txt
+                      [--scale metrical_scale.txt] [--mask MASK.txt] [--out DIR]
+    face3d bench [flame|render|stylegan2|gan-step|iresnet|identity|train-step|now|all ...]
                  [--size smallest|default] [--json PATH] [--threads N]
                  [--jaxrenderer-python PY] [--gpu-check]
 """
@@ -370,12 +375,69 @@ def build_parser() -> argparse.ArgumentParser:
                      help="weight of the pixel MSE beside the perceptual distance")
     rec.set_defaults(func=_reconstruct)
 
+    predict = sub.add_parser("predict", help="a run's predictions in a benchmark's format")
+    psub = predict.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    pnow = psub.add_parser("now", help="NoW: the neutral mesh of E_shape's shape code (OBJ) "
+                                       "and NoW's 7 points (.npy) per image")
+    pnow.add_argument("--workdir", required=True, help="a `face3d train` run folder")
+    pnow.add_argument("--images", required=True,
+                      help="the images' folder (NoW: NoW_Dataset/final_release_version/"
+                           "iphone_pictures)")
+    pnow.add_argument("--list", default=None,
+                      help="image paths relative to --images, one per line (NoW's "
+                           "imagepathsvalidation.txt); default: every image below")
+    pnow.add_argument("--step", type=int, default=None, help="the checkpoint (default: last)")
+    pnow.add_argument("--out", required=True, help="the predictions' folder")
+    pnow.set_defaults(func=_predict_now)
+
+    ev = sub.add_parser("eval", help="the paper's evaluations: benchmark protocols and "
+                                     "its tables on a run")
+    esub = ev.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL")
+    enow = esub.add_parser("now", help="NoW's protocol (now_evaluation's compute_error.py, "
+                                       "no psbody-mesh): its result files and Table 1's row")
+    enow.add_argument("--predictions", required=True,
+                      help="<subject>/<challenge>/<IMG>.obj|.ply with <IMG>.npy|.txt landmarks")
+    enow.add_argument("--gt", required=True,
+                      help="NoW's dataset folder (image lists, scans/, scans_lmks_onlypp/)")
+    enow.add_argument("--image-set", default="val", choices=("val", "test"))
+    enow.add_argument("--list", default=None, help="an image list in place of the set's")
+    enow.add_argument("--challenge", default="",
+                      help="one of multiview_neutral, multiview_expressions, "
+                           "multiview_occlusions, selfie (default: all)")
+    enow.add_argument("--metrical", action="store_true",
+                      help="NoW's metrical protocol: no scale fitted")
+    enow.add_argument("--unit", default="m", choices=("mm", "cm", "m"),
+                      help="the predictions' unit, for --metrical (default m)")
+    enow.add_argument("--method", default="RECON", help="NoW's method identifier (file names)")
+    enow.add_argument("--out", default=None,
+                      help="the results folder (default: <predictions>/results)")
+    enow.set_defaults(func=_eval_now)
+
+    erealy = esub.add_parser("realy", help="REALY's region-aware protocol (7-keypoint "
+                                           "alignment, per-region ICP, the bidirectional "
+                                           "NICP step): Table 2's row")
+    erealy.add_argument("--predictions", required=True,
+                        help="<id>[_<name>].obj meshes, all in the template's topology")
+    erealy.add_argument("--realy", required=True,
+                        help="REALY's data (REALY_HIFI3D_keypoints/, REALY_scan_region/)")
+    erealy.add_argument("--template", required=True,
+                        help="the topology's template mesh REALY provides (data/FLAME.obj)")
+    erealy.add_argument("--keypoints", required=True,
+                        help="its 85 barycentric keypoints (REALY's data/FLAME.txt)")
+    erealy.add_argument("--scale", default=None,
+                        help="REALY's metrical_scale.txt (default: <realy>/metrical_scale.txt)")
+    erealy.add_argument("--mask", default=None,
+                        help="REALY's optional template vertex mask (one 0/1 per vertex): "
+                             "the triangles the error step measures to")
+    erealy.add_argument("--out", default=None, help="default: <predictions>/realy")
+    erealy.set_defaults(func=_eval_realy)
+
     bench = sub.add_parser("bench", help="benchmarks against their peers (PyTorch, smplx, "
                                          "dlib, jaxrenderer, nvdiffrast): one markdown table "
                                          "and one JSON")
     bench.add_argument("names", nargs="*", default=["all"], metavar="NAME",
                        help="flame, render, stylegan2, gan-step, iresnet, identity, "
-                            "train-step, or all (default)")
+                            "train-step, now, or all (default)")
     bench.add_argument("--size", default="default",
                        help="smallest (seconds each: what the tests run) or default "
                             "(the figures to quote)")
@@ -393,12 +455,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _log_to_stderr() -> None:
+def _log_to_stderr(name: str = "face3d_train") -> None:
     import logging
 
     # Our own handler: TFDS/absl configure the root logger on import. Added
     # once, so a second command in one process does not print twice.
-    logger = logging.getLogger("face3d_train")
+    logger = logging.getLogger(name)
     if not logger.handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
@@ -508,6 +570,34 @@ def _reconstruct(args) -> None:
     for name, first, last in zip(names, inv.losses[0], inv.losses[-1]):
         print(f"{name}: inversion loss {first:.4g} -> {last:.4g}")
     print(f"wrote {len(paths)} files to {args.out}")
+
+
+def _predict_now(args) -> None:
+    from face3d_eval.now_predict import predict
+
+    _log_to_stderr("face3d_eval")
+    res = predict(args.workdir, args.images, args.out, imgs_list=args.list, step=args.step)
+    print(f"wrote {len(res.written)} predictions to {res.out}; {len(res.skipped)} images "
+          "skipped (unreadable or no face found)")
+
+
+def _eval_now(args) -> None:
+    from face3d_eval.now import evaluate, format_result
+
+    _log_to_stderr("face3d_eval")
+    res = evaluate(args.predictions, args.gt, image_set=args.image_set, imgs_list=args.list,
+                   challenge=args.challenge, method=args.method, metrical=args.metrical,
+                   unit=args.unit, out=args.out)
+    print(format_result(res))
+    print(f"wrote {res.path}")
+
+
+def _eval_realy(args) -> None:
+    from face3d_eval.realy import run
+
+    _log_to_stderr("face3d_eval")
+    run(args.predictions, args.realy, args.template, args.keypoints, scale=args.scale,
+        out=args.out, mask=args.mask)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -153,18 +153,34 @@ def now_face_mask(model: FlameModel, vertices):
       (B, V) bool.
     """
     vertices = jnp.asarray(vertices, jnp.float32)
-    if vertices.ndim != 3 or vertices.shape[1:] != (model.num_vertices, 3):
-        raise ValueError(f"now_face_mask: vertices have shape {vertices.shape}, expected "
-                         f"(B, {model.num_vertices}, 3)")
-    rows = np.asarray(NOW_LANDMARKS) - _FIRST_STATIC_LANDMARK
-    lmk = barycentric_points(vertices, model.faces, jnp.asarray(model.static_lmk_faces_idx)[rows],
-                             jnp.asarray(model.static_lmk_bary_coords)[rows])
+    lmk = now_landmarks(model, vertices)
     outer_r, inner_r, inner_l, outer_l, nose_bottom = (lmk[:, i] for i in range(5))
     bridge = 0.5 * (inner_r + inner_l)
     centre = nose_bottom + 0.3 * (bridge - nose_bottom)
     radius = 1.4 * 0.5 * (jnp.linalg.norm(outer_r - outer_l, axis=-1)
                           + jnp.linalg.norm(bridge - nose_bottom, axis=-1))
     return jnp.linalg.norm(vertices - centre[:, None], axis=-1) <= radius[:, None]
+
+
+def now_landmarks(model: FlameModel, vertices):
+    """NoW's 7 points on FLAME meshes (`NOW_LANDMARKS`, NoW's order: right
+    eye outer and inner corner, left eye inner and outer corner, nose
+    bottom, right and left mouth corner), placed with the model's static
+    landmark embedding, as DECA's NoW predictions place them.
+
+    Args:
+      model: the FLAME-format model.
+      vertices: (B, V, 3) float32.
+    Returns:
+      (B, 7, 3) float32, the vertices' unit.
+    """
+    vertices = jnp.asarray(vertices, jnp.float32)
+    if vertices.ndim != 3 or vertices.shape[1:] != (model.num_vertices, 3):
+        raise ValueError(f"now_landmarks: vertices have shape {vertices.shape}, expected "
+                         f"(B, {model.num_vertices}, 3)")
+    rows = np.asarray(NOW_LANDMARKS) - _FIRST_STATIC_LANDMARK
+    return barycentric_points(vertices, model.faces, jnp.asarray(model.static_lmk_faces_idx)[rows],
+                              jnp.asarray(model.static_lmk_bary_coords)[rows])
 
 
 def neutral_vertices(model: FlameModel, shape):

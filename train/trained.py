@@ -158,6 +158,7 @@ class TrainedModel:
                         displacement=dmap, render=r.image)
 
         self._decode = jax.jit(decode)
+        self._codes = jax.jit(lambda crop: decode_codes(encoder(crop), layout, prior))
         self._views = jax.jit(self._view_fn, static_argnames=("size",))
 
     @property
@@ -258,6 +259,20 @@ class TrainedModel:
         crop = jax.vmap(lambda im, m: warp_crop(im, m, self.crop_size))(
             jnp.asarray(images), jnp.asarray(mats)) / 255.0
         return np.asarray(jnp.round(jnp.clip(crop, 0.0, 1.0) * 255.0) / 255.0, np.float32)
+
+    def codes(self, crop, batch: int = 8) -> dict[str, np.ndarray]:
+        """E_shape's codes of crops (B, c, c, 3) float32 in [0, 1] (DECA's
+        crop, `crops`): {"shape": (B, S), "expression", "global_pose",
+        "jaw_pose", "camera", "light", ...} float32, no w needed (NoW's
+        predictions, `face3d predict now`)."""
+        crop = np.asarray(crop, np.float32)
+        if crop.ndim != 4 or crop.shape[1:] != (self.crop_size, self.crop_size, 3):
+            raise ValueError(f"crop of shape {crop.shape}: expected (B, {self.crop_size}, "
+                             f"{self.crop_size}, 3)")
+        parts = [jax.device_get(self._codes(jnp.asarray(_pad(crop[s:s + batch], batch))))
+                 for s in range(0, len(crop), batch)]
+        return {k: np.concatenate([np.asarray(p[k]) for p in parts])[:len(crop)]
+                for k in parts[0]}
 
     def faces_from_crops(self, crop, w, images, batch: int = 8) -> Faces:
         """Faces whose E_shape input is given: crop (B, c, c, 3) float in
