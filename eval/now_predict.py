@@ -60,20 +60,27 @@ def list_images(images, imgs_list=None) -> list[str]:
 
 def predict(workdir, images, out, *, imgs_list=None, step: int | None = None,
             progress: bool = True) -> Predictions:
-    """Writes NoW predictions of a run for images below `images` (see the
-    module's docstring). An image that cannot be read or shows no face dlib
-    finds is logged in one line and skipped (NoW then counts it missing).
+    """Writes NoW predictions of a run (`face3d train`'s folder, its last
+    checkpoint or `step`) for images below `images` (see the module's
+    docstring): `predict_with`."""
+    from face3d_train.trained import load_run
 
-    Returns a `Predictions`."""
+    rels = list_images(images, imgs_list)
+    return predict_with(load_run(workdir, step), images, rels, out, progress=progress)
+
+
+def predict_with(run, images, rels, out, *, progress: bool = True) -> Predictions:
+    """NoW predictions of a loaded run (`face3d_train.trained.TrainedModel`)
+    for the images `images/<rel>` (rels: paths relative to `images`), written
+    below `out` at the same relative paths. An image that cannot be read or
+    shows no face dlib finds is logged in one line and skipped (NoW then
+    counts it missing). Returns a `Predictions`."""
     import trimesh
     from tqdm import tqdm
 
     from face3d_jax import metrics
     from face3d_train.reconstruct import read_image
-    from face3d_train.trained import load_run
 
-    rels = list_images(images, imgs_list)
-    run = load_run(workdir, step)
     out = Path(out)
     faces = np.asarray(run.model.faces)
     written, skipped = [], []

@@ -281,3 +281,70 @@ def test_inversion_finds_a_teacher_image(run, tmp_path, monkeypatch, capsys):
                           str(run.workdir), "--out", str(tmp_path / "o"), "--steps", "1"])
     assert "grey: dlib finds no face" in msg
     assert not (tmp_path / "o").exists()
+
+
+def test_now_predictions_are_the_runs_neutral_shape_and_score(run, tmp_path):
+    """`face3d predict now` writes, per image, the neutral mesh of E_shape's
+    shape code on DECA's crop and NoW's 7 points on it; `face3d eval now`
+    scores them against scans. Here the images are the teacher's and the
+    scans its true neutral meshes (mm, subdivided so a scan's vertices are
+    not the prediction's): end to end through NoW's files. dlib cannot see
+    the micro world's 32 px faces, so detection returns the true landmarks
+    (as in the inversion test); a grey image stays faceless and is skipped."""
+    from face3d_eval import now, now_predict
+    from face3d_jax import metrics
+    from face3d_jax.teacher import held_out_from_w
+
+    w = run.w_from_seeds([21, 22])
+    images, truth = run.source.render(w)
+    held = held_out_from_w(run.source.world, w, run.crop_size)
+    root, preds, gt = tmp_path / "images", tmp_path / "preds", tmp_path / "now"
+    rels = [f"S{i}/multiview_neutral/IMG_{i}.png" for i in range(2)] + ["S0/selfie/grey.png"]
+    for rel, image in zip(rels, [*images, np.full_like(images[0], 128)]):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        ff.write_png(root / rel, image)
+    by_pixels = {images[i].tobytes(): truth[i] for i in range(2)}
+    run_detect = run.detect
+    run.detect = lambda ims: np.stack([by_pixels.get(np.asarray(im).tobytes(),
+                                                     np.full((68, 2), np.nan)) for im in ims])
+    try:
+        res = now_predict.predict_with(run, root, now_predict.list_images(root), preds,
+                                       progress=False)
+    finally:
+        run.detect = run_detect
+    assert sorted(res.written) == sorted(rels[:2]) and [r for r, _ in res.skipped] == rels[2:]
+
+    # Each mesh is the neutral mesh of the codes the loader gives the same crop.
+    crops = run.crops(images, truth)
+    expected = np.asarray(metrics.neutral_vertices(run.model, run.codes(crops)["shape"]))
+    for i, rel in enumerate(rels[:2]):
+        mesh = trimesh.load(preds / rel.replace(".png", ".obj"), process=False)
+        np.testing.assert_allclose(mesh.vertices, expected[i], atol=1e-6)
+        np.testing.assert_array_equal(mesh.faces, run.model.faces)
+        np.testing.assert_allclose(
+            now.read_landmarks(preds / rel.replace(".png", ".npy")),
+            np.asarray(metrics.now_landmarks(run.model, expected[i:i + 1]))[0], atol=1e-6)
+
+    # Scans: the truth in mm with its .pp points; NoW's files come out.
+    lines = []
+    for i in range(2):
+        mm = held.neutral[i] * 1000.0
+        scan = trimesh.Trimesh(mm, run.model.faces, process=False).subdivide()
+        (gt / "scans" / f"S{i}").mkdir(parents=True)
+        (gt / "scans_lmks_onlypp" / f"S{i}").mkdir(parents=True)
+        scan.export(gt / "scans" / f"S{i}" / "scan.obj")
+        lmk = np.asarray(metrics.now_landmarks(run.model, held.neutral[i:i + 1]))[0] * 1000.0
+        points = "".join(f'<point x="{x}" y="{y}" z="{z}" name="{j}"/>'
+                         for j, (x, y, z) in enumerate(lmk))
+        (gt / "scans_lmks_onlypp" / f"S{i}" / "scan.pp").write_text(
+            f"<!DOCTYPE PickedPoints><PickedPoints>{points}</PickedPoints>")
+        lines.append(rels[i].replace(".png", ".jpg"))
+    lines.append("S0/selfie/grey.jpg")
+    (gt / "imagepathsvalidation.txt").write_text("\n".join(lines))
+    assert cli.main(["eval", "now", "--predictions", str(preds), "--gt", str(gt)]) == 0
+    data = np.load(preds / "results" / "RECON_computed_distances.npy",
+                   allow_pickle=True).item()
+    assert data["num_missing_files"] == 1 and len(data["computed_distances"]) == 2
+    # A micro run's shapes are rough but they are faces: errors of millimetres.
+    errors = np.hstack(data["computed_distances"])
+    assert np.all(np.isfinite(errors)) and 0.01 < np.median(errors) < 20.0
