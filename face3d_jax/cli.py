@@ -28,6 +28,9 @@
                     [--challenge C] [--metrical --unit mm|cm|m] [--method NAME] [--out DIR]
     face3d eval realy --predictions DIR --realy ROOT --template FLAME.obj --keypoints FLAME.txt
                       [--scale metrical_scale.txt] [--mask MASK.txt] [--out DIR]
+    face3d eval identity --workdir RUN [--num 32] [--seed S] [--step K] [--out FILE.json]
+    face3d eval diversity --workdir RUN [--num 1000] [--seed 0] [--step K] [--out FILE.json]
+    face3d eval teacher --workdir RUN [--step K] [--no-now] [--out FILE.json]
     face3d bench [flame|render|stylegan2|gan-step|iresnet|identity|train-step|now|all ...]
                  [--size smallest|default] [--json PATH] [--threads N]
                  [--jaxrenderer-python PY] [--gpu-check]
@@ -432,6 +435,36 @@ def build_parser() -> argparse.ArgumentParser:
     erealy.add_argument("--out", default=None, help="default: <predictions>/realy")
     erealy.set_defaults(func=_eval_realy)
 
+    def run_args(p, what):
+        p.add_argument("--workdir", required=True, help="a `face3d train` run folder")
+        p.add_argument("--step", type=int, default=None, help="the checkpoint (default: last)")
+        p.add_argument("--out", default=None,
+                       help=f"the JSON (default: <workdir>/eval/{what}.json, which "
+                            "`face3d report` shows)")
+
+    eid = esub.add_parser("identity", help="Table 4's form: F's similarity of each held-out "
+                                           "source and its 3D face rendered at the same pose, "
+                                           "0, +-15, +-30, +-45 degrees, ours beside the "
+                                           "pseudo-ground-truth, naive texture, mean albedo")
+    run_args(eid, "identity")
+    eid.add_argument("--num", type=int, default=32, help="held-out identities (default 32)")
+    eid.add_argument("--seed", type=int, default=None,
+                     help="their draw (default: the run's eval.seed, the trainer's)")
+    eid.set_defaults(func=_eval_identity)
+    ediv = esub.add_parser("diversity", help="Table 3's form: the mean vertex distance over "
+                                             "all pairs of N generated meshes, beside the "
+                                             "teacher's true meshes of the same w")
+    run_args(ediv, "diversity")
+    ediv.add_argument("--num", type=int, default=1000, help="meshes (default 1000, the paper's)")
+    ediv.add_argument("--seed", type=int, default=0, help="the z draw (default 0)")
+    ediv.set_defaults(func=_eval_diversity)
+    eteach = esub.add_parser("teacher", help="the trainer's held-out evaluation of any "
+                                             "checkpoint, plus NoW's protocol on the true "
+                                             "meshes")
+    run_args(eteach, "teacher")
+    eteach.add_argument("--no-now", action="store_true", help="skip the NoW-protocol figures")
+    eteach.set_defaults(func=_eval_teacher)
+
     bench = sub.add_parser("bench", help="benchmarks against their peers (PyTorch, smplx, "
                                          "dlib, jaxrenderer, nvdiffrast): one markdown table "
                                          "and one JSON")
@@ -598,6 +631,27 @@ def _eval_realy(args) -> None:
     _log_to_stderr("face3d_eval")
     run(args.predictions, args.realy, args.template, args.keypoints, scale=args.scale,
         out=args.out, mask=args.mask)
+
+
+def _eval_identity(args) -> None:
+    from face3d_eval.identity_poses import run_identity
+
+    _log_to_stderr()
+    run_identity(args.workdir, step=args.step, num=args.num, seed=args.seed, out=args.out)
+
+
+def _eval_diversity(args) -> None:
+    from face3d_eval.diversity import run_diversity
+
+    _log_to_stderr()
+    run_diversity(args.workdir, step=args.step, num=args.num, seed=args.seed, out=args.out)
+
+
+def _eval_teacher(args) -> None:
+    from face3d_eval.held_out import run_teacher
+
+    _log_to_stderr()
+    run_teacher(args.workdir, step=args.step, now=not args.no_now, out=args.out)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,10 @@ The page holds, top to bottom:
     the detailed mesh with G_Ab's albedo, one binary glTF each (as
     `face3d generate` writes them);
   * the metric curves of WORKDIR/metrics.jsonl (matplotlib PNGs);
-  * the evaluation table (eval/* at each evaluated step) and done.json;
+  * the evaluation table (eval/* at each evaluated step), the tables of
+    `face3d eval identity|diversity|teacher` where their JSONs are in
+    WORKDIR/eval/ (the paper's Tables 4 and 3, the held-out evaluation),
+    and done.json;
   * for held-out identities of the teacher world: target crop, render,
     generated albedo and true albedo.
 
@@ -250,6 +253,64 @@ def done_html(workdir: Path) -> str:
     return f'<table class="data kv">{rows}</table>'
 
 
+# -- `face3d eval` tables -------------------------------------------------------
+
+# The JSONs of `face3d eval identity|diversity|teacher` (face3d_eval.tables), in
+# the page's order: the paper's Table 4, Table 3, then the held-out evaluation.
+EVAL_RESULTS = (("identity", "Identity similarity across poses (Table 4)"),
+                ("diversity", "Diversity of generated meshes (Table 3)"),
+                ("teacher", "Held-out evaluation and NoW protocol (face3d eval teacher)"))
+
+
+def _cell_html(value) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "&ndash;"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:.3f}" if isinstance(value, float) else str(value)
+    return html.escape(str(value))
+
+
+def result_table_html(table: dict) -> str:
+    """One display table of a `face3d eval` result ({"title", "columns",
+    "rows", "notes"}: face3d_eval.tables) as an HTML <table>; a row whose
+    second cell is a sentence (why it is missing) spans the value columns."""
+    cols = [str(c) for c in table.get("columns", [])]
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    body = []
+    for row in table.get("rows", []):
+        row = list(row)
+        if len(row) > 1 and isinstance(row[1], str) and all(v is None for v in row[2:]):
+            cells = f'<td colspan="{max(1, len(cols) - 1)}" class="why">{html.escape(row[1])}</td>'
+        else:
+            cells = "".join(f"<td>{_cell_html(v)}</td>" for v in row[1:])
+        body.append(f"<tr><th>{html.escape(str(row[0]) if row else '')}</th>{cells}</tr>")
+    notes = "".join(f'<p class="meta">{html.escape(str(n))}</p>' for n in table.get("notes", []))
+    return (f'<p class="caption">{html.escape(str(table.get("title", "")))}</p>'
+            f'<div class="scroll"><table class="data result"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table></div>{notes}')
+
+
+def eval_results_html(workdir: Path) -> str:
+    """The tables of <workdir>/eval/{identity,diversity,teacher}.json where
+    they exist (one sentence for an unreadable one; "" when there is none)."""
+    parts = []
+    for name, title in EVAL_RESULTS:
+        path = Path(workdir) / "eval" / f"{name}.json"
+        if not path.is_file():
+            continue
+        try:
+            data = json.loads(path.read_text())
+            tables = data["tables"]
+            step = data.get("step")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
+            parts.append(f"<h3>{html.escape(title)}</h3><p>eval/{name}.json is unreadable "
+                         f"({html.escape(type(err).__name__)}: {html.escape(str(err))}).</p>")
+            continue
+        parts.append(f'<h3 id="eval-{name}">{html.escape(title)}, step {_cell_html(step)}</h3>'
+                     + "".join(result_table_html(t) for t in tables if isinstance(t, dict)))
+    return "".join(parts)
+
+
 # -- images -----------------------------------------------------------------
 
 def _to_uint8(image) -> np.ndarray:
@@ -400,6 +461,9 @@ table.data tr.mark { background: #fff5cc; }
 table.kv th { text-align: left; }
 table.grid img { image-rendering: pixelated; display: block; }
 table.grid th { font-size: 12px; font-weight: normal; color: #555; }
+p.caption { font-size: 13px; font-weight: 600; margin: 10px 0 4px; }
+h3 { font-size: 14px; margin: 16px 0 6px; }
+table.result td.why { text-align: left; color: #555; font-style: italic; }
 """
 
 
@@ -444,6 +508,9 @@ def write_report(workdir, out_path, *, step: int | None = None, faces: int = 3) 
             "light); drag to turn, scroll to zoom.</p>")
         script = (f"<!-- @google/model-viewer {MODEL_VIEWER_VERSION} (Apache-2.0, bundles "
                   f"three.js, MIT), inlined -->\n<script>{model_viewer_script()}</script>")
+    results = eval_results_html(workdir)
+    if results:
+        results = ("<h2>Evaluation tables (face3d eval)</h2>\n" + results + "\n")
     gen = run.config.data.generate
     meta = (f"checkpoint step {run.step} of {int(run.config.schedule.total_steps)}; "
             f"image source: {html.escape(str(gen.source))}; crop {run.crop_size} px; "
@@ -463,7 +530,7 @@ docstring; dashed: a baseline); train/*: the logged losses, the thick line smoot
 <div id="curves">{"".join(curves) or "<p>metrics.jsonl holds no scalar.</p>"}</div>
 <h2>Evaluation on held-out identities</h2>
 {eval_table_html(records, mark_step=run.step)}
-<h2>done.json</h2>
+{results}<h2>done.json</h2>
 {done_html(workdir)}
 <h2>Held-out identities at step {run.step}</h2>
 {held_out_html(run)}
