@@ -205,7 +205,7 @@ def _umeyama(src, dst, scaling: bool) -> Similarity:
     return Similarity(scale, rot, md - scale * ms @ rot.T)
 
 
-def _gauss_newton(p, y, normal, d, scaling: bool) -> Similarity:
+def _gauss_newton(y, normal, d, scaling: bool) -> Similarity:
     """One Gauss-Newton step on point-to-plane residuals: the small similarity
     D(x) = (1 + sigma) exp([omega]x) x + tau minimising
     sum_i (d_i - n_i . (D(y_i) - y_i))^2 to first order, where y_i is the
@@ -265,7 +265,7 @@ def refine(scan_points, index: SurfaceIndex, *, scaling: bool = True,
             tri = t(index.vertices[index.faces[face[flat]]].reshape(-1, 3)).reshape(-1, 3, 3)
             fn = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
             normal[flat] = fn / np.maximum(np.linalg.norm(fn, axis=1, keepdims=True), 1e-30)
-        step = t.then(_gauss_newton(p, nearest, normal, dist, scaling))
+        step = t.then(_gauss_newton(nearest, normal, dist, scaling))
         trial = (step, *measure(step))
         if not trial[1] < energy:
             step = _umeyama(((nearest - t.translation) @ t.rotation) / t.scale, p, scaling)

@@ -189,7 +189,7 @@ class SurfaceIndex:
             cand_d, cand = cand_d.reshape(len(todo), k), self.owner[cand.reshape(len(todo), k)]
             d, q, f = self._exact(points[todo], cand)
             dist[todo], closest[todo], face[todo] = d, q, f
-            # Certified where no triangle beyond the k-th centroid can be nearer.
+            # Certified where no triangle without a sample among the k can be nearer.
             todo = todo[d > cand_d[:, -1] - self.r_max]
             k = min(4 * k, num_samples)
         return dist, closest, face

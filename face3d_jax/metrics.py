@@ -129,6 +129,12 @@ def mesh_error_mm(pred, truth, scale: bool = False, mask=None):
     return 1000.0 * jnp.sum(w * dist, axis=1) / jnp.sum(w, axis=1)
 
 
+def _check_model_vertices(name: str, model: FlameModel, vertices):
+    if vertices.ndim != 3 or vertices.shape[1:] != (model.num_vertices, 3):
+        raise ValueError(f"{name}: vertices have shape {vertices.shape}, expected "
+                         f"(B, {model.num_vertices}, 3)")
+
+
 def now_face_mask(model: FlameModel, vertices):
     """NoW's face region of meshes: the vertices within a sphere around the
     face's centre, as the NoW benchmark crops its ground-truth scans
@@ -153,6 +159,7 @@ def now_face_mask(model: FlameModel, vertices):
       (B, V) bool.
     """
     vertices = jnp.asarray(vertices, jnp.float32)
+    _check_model_vertices("now_face_mask", model, vertices)
     lmk = now_landmarks(model, vertices)
     outer_r, inner_r, inner_l, outer_l, nose_bottom = (lmk[:, i] for i in range(5))
     bridge = 0.5 * (inner_r + inner_l)
@@ -175,9 +182,7 @@ def now_landmarks(model: FlameModel, vertices):
       (B, 7, 3) float32, the vertices' unit.
     """
     vertices = jnp.asarray(vertices, jnp.float32)
-    if vertices.ndim != 3 or vertices.shape[1:] != (model.num_vertices, 3):
-        raise ValueError(f"now_landmarks: vertices have shape {vertices.shape}, expected "
-                         f"(B, {model.num_vertices}, 3)")
+    _check_model_vertices("now_landmarks", model, vertices)
     rows = np.asarray(NOW_LANDMARKS) - _FIRST_STATIC_LANDMARK
     return barycentric_points(vertices, model.faces, jnp.asarray(model.static_lmk_faces_idx)[rows],
                               jnp.asarray(model.static_lmk_bary_coords)[rows])
