@@ -22,6 +22,8 @@
                     [--truncation T] [--step K] [--video] --out DIR
     face3d edit --workdir RUN (--seed S | --w W.npy) --attribute NAME|FILE.npy
                 --alpha A [A ...] [--truncation T] [--step K] [--video] --out DIR
+    face3d edit --workdir RUN (--seed S | --w W.npy) --text PROMPT --clip CLIP.pt
+                [--steps 300] [--lr 0.1] [--l2-lambda 0.008] [--id-lambda 0.005] --out DIR
     face3d reconstruct IMAGE... --workdir RUN --out DIR [--steps 1000] [--w-plus] [--step K]
     face3d predict now --workdir RUN --images DIR [--list FILE] [--step K] --out DIR
     face3d eval now --predictions DIR --gt NOW_ROOT [--image-set val|test] [--list FILE]
@@ -31,7 +33,7 @@
     face3d eval identity --workdir RUN [--num 32] [--seed S] [--step K] [--out FILE.json]
     face3d eval diversity --workdir RUN [--num 1000] [--seed 0] [--step K] [--out FILE.json]
     face3d eval teacher --workdir RUN [--step K] [--no-now] [--out FILE.json]
-    face3d bench [flame|render|stylegan2|gan-step|iresnet|identity|train-step|now|all ...]
+    face3d bench [flame|render|stylegan2|gan-step|iresnet|identity|train-step|now|clip|all ...]
                  [--size smallest|default] [--json PATH] [--threads N]
                  [--jaxrenderer-python PY] [--gpu-check]
 """
@@ -355,11 +357,23 @@ def build_parser() -> argparse.ArgumentParser:
     ed = sub.add_parser("edit", help="InterFaceGAN edit of one face of a trained run: w + "
                                      "alpha n per alpha, the 3D face and a strip of renders")
     run_args(ed, "also an MP4 of the edit swept from the first alpha to the last")
-    ed.add_argument("--attribute", required=True,
+    ed.add_argument("--attribute", default=None,
                     help="a boundary the run's dataset fitted (smile, jaw_open, yaw, pitch) "
                          "or an InterFaceGAN .npy ((1, 512), unit norm)")
-    ed.add_argument("--alpha", type=float, nargs="+", required=True,
+    ed.add_argument("--alpha", type=float, nargs="+", default=None,
                     help="the edit strengths, e.g. -3 0 3")
+    ed.add_argument("--text", default=None,
+                    help="a prompt instead of a boundary: StyleCLIP's latent optimisation "
+                         "of w+ (Sec. 5.5), e.g. \"a smiling face\"; needs --clip")
+    ed.add_argument("--clip", default=None,
+                    help="CLIP ViT weights for --text: a torch.save'd state dict with OpenAI's "
+                         "or open_clip's key names (e.g. open_clip's ViT-B-32 'openai')")
+    ed.add_argument("--steps", type=int, default=300, help="--text: Adam steps (default 300)")
+    ed.add_argument("--lr", type=float, default=0.1, help="--text: peak learning rate")
+    ed.add_argument("--l2-lambda", type=float, default=0.008,
+                    help="--text: weight of ||w - w0||^2 (StyleCLIP's 0.008)")
+    ed.add_argument("--id-lambda", type=float, default=0.005,
+                    help="--text: weight of F's identity loss to the original (0: off)")
     ed.set_defaults(func=_edit)
 
     rec = sub.add_parser("reconstruct", help="3D faces of photographs: E_shape on DECA's crop "
@@ -470,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          "and one JSON")
     bench.add_argument("names", nargs="*", default=["all"], metavar="NAME",
                        help="flame, render, stylegan2, gan-step, iresnet, identity, "
-                            "train-step, now, or all (default)")
+                            "train-step, now, clip, or all (default)")
     bench.add_argument("--size", default="default",
                        help="smallest (seconds each: what the tests run) or default "
                             "(the figures to quote)")
@@ -571,6 +585,12 @@ def _edit(args) -> None:
     from face3d_train.generate import boundary, edit
     from face3d_train.trained import load_run
 
+    if args.text is not None:
+        _text_edit(args)
+        return
+    if args.attribute is None or args.alpha is None:
+        raise ValueError("edit needs --attribute NAME and --alpha A..., or --text PROMPT "
+                         "--clip FILE")
     run = load_run(args.workdir, args.step, truncation=args.truncation)
     normal = boundary(args.attribute, run)
     w, names = _latents(args, run)
@@ -579,6 +599,26 @@ def _edit(args) -> None:
     stem = f"{names[0]}_{Path(args.attribute).stem}"
     paths = edit(run, w, normal, args.alpha, args.out, name=stem, video=args.video)
     print(f"wrote {len(args.alpha)} edits ({len(paths)} files) to {args.out}")
+
+
+def _text_edit(args) -> None:
+    from face3d_train.text_edit import StyleClipConfig, edit_text, load_clip, write_text_edit
+    from face3d_train.trained import load_run
+
+    if args.attribute is not None or args.alpha is not None or args.video:
+        raise ValueError("--text edits by a prompt: --attribute, --alpha and --video are for "
+                         "boundary edits")
+    config = StyleClipConfig(steps=args.steps, lr=args.lr, l2_lambda=args.l2_lambda,
+                             id_lambda=args.id_lambda)
+    model, tokenizer = load_clip(args.clip)  # the file is checked before the run loads
+    run = load_run(args.workdir, args.step, truncation=args.truncation)
+    w, names = _latents(args, run)
+    if len(w) != 1:
+        raise ValueError(f"--w holds {len(w)} latents: edit takes one")
+    result = edit_text(run, w, args.text, model, tokenizer, config)
+    paths = write_text_edit(run, result, args.out, name=names[0])
+    print(f"{args.text!r}: CLIP loss {result.clip_losses[0]:.4f} -> {result.clip_losses[-1]:.4f}, "
+          f"|w - w0|^2 {result.l2[-1]:.4g}; wrote {len(paths)} files to {args.out}")
 
 
 def _report(args) -> None:
