@@ -41,7 +41,8 @@ TEST_STEPS = (
     ("tests marked gpu", ["tests", "-m", "gpu"], 90.0),
 )
 BENCH_CAPS = {"render": 120.0, "train-step": 120.0, "gan-step": 90.0, "stylegan2": 60.0,
-              "iresnet": 60.0, "flame": 45.0, "identity": 45.0, "now": 45.0}
+              "iresnet": 60.0, "flame": 45.0, "identity": 45.0, "now": 45.0,
+              "clip": 45.0}
 MIN_STEP_S = 20.0  # below this a step cannot even import and compile: listed as not run
 
 

@@ -42,6 +42,7 @@ BENCHMARKS = {
     "identity": "bench_identity",
     "train-step": "bench_train_step",
     "now": "bench_now",
+    "clip": "bench_clip",
 }
 
 
