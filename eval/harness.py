@@ -242,12 +242,13 @@ def run_benchmarks(names: list[str], size: str, options: Options, json_path=None
 
 
 def write_json(path, payload: dict) -> None:
-    """Writes `payload` as indented JSON, creating the folder; NaN becomes null."""
+    """Writes `payload` as indented JSON, creating the folder; NaN and infinities
+    become null."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
 
     def clean(x):
-        if isinstance(x, float) and math.isnan(x):
+        if isinstance(x, float) and not math.isfinite(x):  # JSON has no NaN or infinity
             return None
         if isinstance(x, dict):
             return {str(k): clean(v) for k, v in x.items()}

@@ -60,13 +60,7 @@ def _restore_state(trainer, workdir: Path, step: int | None):
     if not ckpt_dir.is_dir():
         raise FileNotFoundError(f"{ckpt_dir} is missing: the run has not saved a checkpoint yet")
     with Checkpointer(ckpt_dir, save_every=1, async_save=False, read_only=True) as ckpt:
-        steps = ckpt.all_steps()
-        if not steps:
-            raise FileNotFoundError(f"{ckpt_dir}: no checkpoint saved yet")
-        if step is not None and step not in steps:
-            raise FileNotFoundError(f"{ckpt_dir}: no checkpoint for step {step} (saved: "
-                                    f"{', '.join(map(str, steps))})")
-        step = max(steps) if step is None else int(step)
+        step = ckpt.saved_step(step)
         state, _ = ckpt.restore(trainer.abstract_state(), step)
     return state, step
 

@@ -54,17 +54,6 @@ def markdown(tables, digits: int = 3) -> str:
     return "\n\n".join(blocks)
 
 
-def _finite(value):
-    """NaN and infinities as None: JSON has no such numbers."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
 def default_path(workdir, name: str) -> Path:
     """<workdir>/eval/<name>.json."""
     return Path(workdir) / "eval" / f"{name}.json"
@@ -73,10 +62,10 @@ def default_path(workdir, name: str) -> Path:
 def write_result(result: dict, path) -> Path:
     """Writes a result as JSON (non-finite floats as null; the folder is
     created) and returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_finite(result), indent=1) + "\n")
-    return path
+    from face3d_eval.harness import write_json
+
+    write_json(path, result)
+    return Path(path)
 
 
 def read_result(path) -> dict:

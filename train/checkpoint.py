@@ -190,6 +190,17 @@ class Checkpointer:
         """The steps on disk, ascending."""
         return sorted(self._manager.all_steps())
 
+    def saved_step(self, step: int | None = None) -> int:
+        """`step` if it is on disk, else the latest one when step is None;
+        FileNotFoundError (one line, listing what is saved) otherwise."""
+        steps = self.all_steps()
+        if not steps:
+            raise FileNotFoundError(f"{self.directory}: no checkpoint saved yet")
+        if step is not None and step not in steps:
+            raise FileNotFoundError(f"{self.directory}: no checkpoint for step {step} (saved: "
+                                    f"{', '.join(map(str, steps))})")
+        return max(steps) if step is None else int(step)
+
     def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
         """Reads checkpoint `step` (default: the latest).
 

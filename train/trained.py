@@ -381,13 +381,7 @@ def load_run(workdir, step: int | None = None, *, truncation: float | None = Non
     if "perceptual" in gen_config.model:
         gen_config.model.perceptual.weights = ""
     with Checkpointer(ckpt_dir, save_every=1, async_save=False, read_only=True) as ckpt:
-        steps = ckpt.all_steps()
-        if not steps:
-            raise FileNotFoundError(f"{ckpt_dir}: no checkpoint saved yet")
-        if step is not None and step not in steps:
-            raise FileNotFoundError(f"{ckpt_dir}: no checkpoint for step {step} (saved: "
-                                    f"{', '.join(map(str, steps))})")
-        step = max(steps) if step is None else step
+        step = ckpt.saved_step(step)
         try:
             model = load_model(gen_config)
             setup = make_setup(gen_config, model, jax.random.key(0))
