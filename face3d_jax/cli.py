@@ -366,8 +366,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a prompt instead of a boundary: StyleCLIP's latent optimisation "
                          "of w+ (Sec. 5.5), e.g. \"a smiling face\"; needs --clip")
     ed.add_argument("--clip", default=None,
-                    help="CLIP ViT weights for --text: a torch.save'd state dict with OpenAI's "
-                         "or open_clip's key names (e.g. open_clip's ViT-B-32 'openai')")
+                    help="CLIP ViT weights for --text: OpenAI's released ViT-B-32.pt "
+                         "(TorchScript, read without running its code) or a torch.save'd state "
+                         "dict with OpenAI's or open_clip's key names (e.g. open_clip's "
+                         "ViT-B-32 'openai')")
     ed.add_argument("--steps", type=int, default=300, help="--text: Adam steps (default 300)")
     ed.add_argument("--lr", type=float, default=0.1, help="--text: peak learning rate")
     ed.add_argument("--l2-lambda", type=float, default=0.008,

@@ -1,6 +1,7 @@
 """CLIP (face3d_jax.nets.clip, convert.clip, nets.clip_tokenizer) against OpenAI's
 own `clip/model.py` and `clip/simple_tokenizer.py` and open_clip's
-`open_clip/tokenizer.py`, float32 on CPU.
+`open_clip/tokenizer.py`, float32 on CPU; and OpenAI's release format (a
+traced, mostly float16 TorchScript archive) read without running its code.
 
 The reference files are loaded by path, not imported as packages: the
 packages' __init__ import torchvision, which the CPU torch here lacks. Install
@@ -11,6 +12,7 @@ them without dependencies so pip leaves torch alone:
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import sys
 import time
@@ -28,6 +30,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from face3d_jax.convert.clip import convert_clip, infer_clip_config
+from face3d_jax.formats.torch_file import torchscript_state_dict
+from face3d_jax.formats.unpickler import UnsafePickleError
 from face3d_jax.nets.arcface import count_params
 from face3d_jax.nets.clip import CLIP, CLIP_MEAN, CLIP_STD, clip_config, clip_preprocess
 from face3d_jax.nets.clip_tokenizer import CLIPTokenizer, find_bpe_vocab
@@ -159,6 +163,100 @@ def test_vit_b32_matches_openai(openai_model):
     print(f"ViT-B/32 test: {time.perf_counter() - start:.1f} s")
 
 
+def _openai_archive(openai_model, folder: Path, seed: int = 2):
+    """A small CLIP released as OpenAI released theirs: build_model's
+    convert_weights (Linear, Conv2d, attention projections, proj and
+    text_projection in float16; LayerNorms, embeddings, logit_scale float32),
+    the scalar buffers their archives carry, torch.jit.trace'd (forward,
+    encode_image, encode_text) and torch.jit.save'd. OpenAI's CLIP does not
+    script (its LayerNorm calls super().forward), so no scripted variant.
+    Returns (the float16 torch model, the archive's path, images, tokens)."""
+    torch.manual_seed(seed)
+    ref = openai_model.CLIP(embed_dim=64, image_resolution=32, vision_layers=2,
+                            vision_width=128, vision_patch_size=16, context_length=16,
+                            vocab_size=1000, transformer_width=128, transformer_heads=2,
+                            transformer_layers=2)
+    ref = _randomise(ref.float(), seed)
+    openai_model.convert_weights(ref)
+    for name, value in (("input_resolution", 32), ("context_length", 16), ("vocab_size", 1000)):
+        if hasattr(ref, name):  # a plain int here (used by __init__ only), a buffer in theirs
+            delattr(ref, name)
+        ref.register_buffer(name, torch.tensor(value))
+    rng = np.random.default_rng(seed)
+    images = rng.normal(size=(2, 3, 32, 32)).astype(np.float32)
+    tokens = np.zeros((2, 16), np.int64)  # start, words, end-of-text (the largest id)
+    for row, length in enumerate((5, 16)):
+        tokens[row, 0], tokens[row, length - 1] = 998, 999
+        tokens[row, 1:length - 1] = rng.integers(1, 998, size=length - 2)
+    example = (torch.from_numpy(images), torch.from_numpy(tokens))
+    # check_trace off: its re-run compares float16 outputs of two CPU runs exactly
+    traced = torch.jit.trace_module(ref, {"forward": example, "encode_image": example[:1],
+                                          "encode_text": example[1:]}, check_trace=False)
+    path = folder / "ViT-tiny.pt"
+    torch.jit.save(traced, path)
+    return ref, path, images, tokens
+
+
+def test_openai_torchscript_archive(openai_model, tmp_path):
+    """OpenAI's released format (a traced, mostly float16 TorchScript archive),
+    read by the restricted reader: the weights of torch.jit.load(path).state_dict()
+    bit for bit, and the same CLIP as from the state dict saved once."""
+    from face3d_train.text_edit import load_clip
+
+    start = time.perf_counter()
+    ref, path, images, tokens = _openai_archive(openai_model, tmp_path)
+    want = torch.jit.load(path).state_dict()
+    ours = torchscript_state_dict(path)
+    assert list(ours) == list(want)
+    for key, tensor in want.items():
+        array = ours[key].numpy()
+        assert array.dtype == tensor.numpy().dtype and array.shape == tuple(tensor.shape), key
+        assert array.tobytes() == tensor.numpy().tobytes(), key
+    assert ours["visual.proj"].numpy().dtype == np.float16  # as in OpenAI's files
+    assert ours["visual.ln_pre.weight"].numpy().dtype == np.float32
+    assert int(ours["input_resolution"].numpy()) == 32
+
+    state_path = tmp_path / "state_dict.pt"
+    torch.save(ref.state_dict(), state_path)
+    from_state = convert_clip(state_path)
+    for reader in ("auto", "restricted"):  # a TorchScript archive: always the restricted reader
+        model = convert_clip(path, reader=reader)
+        assert model.cfg == from_state.cfg
+        for encode, inputs in (("encode_image", jnp.asarray(images.transpose(0, 2, 3, 1))),
+                               ("encode_text", jnp.asarray(tokens, jnp.int32))):
+            np.testing.assert_array_equal(np.asarray(getattr(model, encode)(inputs)),
+                                          np.asarray(getattr(from_state, encode)(inputs)))
+    cfg = model.cfg
+    assert (cfg.image_size, cfg.context_length, cfg.vocab_size, cfg.vision_heads) == (32, 16, 1000, 2)
+    ref32 = copy.deepcopy(ref).float()  # OpenAI's clip.load(jit=False) on a CPU
+    _parity(ref32, model, images, tokens, "TorchScript archive")
+    clip_model, tokenizer = load_clip(path)  # what `face3d edit --text --clip FILE` calls
+    assert clip_model.cfg == cfg and tokenizer.context_length == 16
+    print(f"TorchScript archive test: {time.perf_counter() - start:.1f} s")
+
+
+def test_damaged_or_unsafe_torchscript_archive(openai_model, tmp_path):
+    _, path, _, _ = _openai_archive(openai_model, tmp_path)
+    data = path.read_bytes()
+    cut = tmp_path / "cut.pt"  # a download that stopped early
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    for reader in ("auto", "restricted"):
+        with pytest.raises(ValueError) as info:
+            convert_clip(cut, reader=reader)
+        assert "\n" not in str(info.value) and str(cut) in str(info.value), str(info.value)
+    evil = tmp_path / "evil.pt"  # data.pkl naming a callable outside the allow-list
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(evil, "w") as dst:
+        for name in src.namelist():
+            body = src.read(name)
+            if name.endswith("/data.pkl"):
+                body = b"\x80\x02cos\nsystem\nX\x04\x00\x00\x00echo\x85R."
+            dst.writestr(name, body)
+    with pytest.raises(UnsafePickleError) as info:
+        convert_clip(evil)
+    message = str(info.value)
+    assert "\n" not in message and str(evil) in message and "'os.system'" in message
+
+
 @pytest.fixture(scope="module")
 def tokenizers():
     openai_tok = _load_by_path("clip", "simple_tokenizer.py", "_ref_openai_simple_tokenizer")
@@ -207,13 +305,14 @@ def test_bad_state_dicts_name_file_key_and_shapes(openai_model, tmp_path):
         assert "\n" not in message and str(path) in message, message
         for word in words:
             assert word in message, message
-    # a TorchScript archive (code beside data.pkl) is refused, not loaded
+    # a TorchScript archive (code beside data.pkl) whose data.pkl holds no module:
+    # one line, and its code is not run
     script = tmp_path / "ViT-B-32.pt"
     with zipfile.ZipFile(script, "w") as archive:
         archive.writestr("ViT-B-32/data.pkl", b"\x80\x02}q\x00.")
         archive.writestr("ViT-B-32/code/__torch__/model.py", "raise SystemExit\n")
         archive.writestr("ViT-B-32/constants.pkl", b"\x80\x02).")
-    with pytest.raises(ValueError, match="TorchScript archive") as info:
+    with pytest.raises(ValueError, match="not a TorchScript module archive") as info:
         convert_clip(script)
     assert "\n" not in str(info.value) and str(script) in str(info.value)
     with pytest.raises(FileNotFoundError):

@@ -1,7 +1,7 @@
 """`face3d edit --text`: StyleCLIP's latent optimisation (Patashnik et al.
 2021, `run_optimization.py`) on a trained run, the paper's Sec. 5.5 (issue 22).
 
-    model, tokenizer = load_clip("ViT-B-32.pt")       # a torch.save'd state dict
+    model, tokenizer = load_clip("ViT-B-32.pt")       # OpenAI's file, or a state dict
     run = trained.load_run("runs/tiny")
     result = edit_text(run, run.w_from_seeds([7]), "a smiling face", model, tokenizer)
     write_text_edit(run, result, "out/", "smile")
@@ -65,9 +65,11 @@ from face3d_train.reconstruct import learning_rate
 from face3d_train.trained import PAPER_YAWS, TrainedModel
 
 MODES = ("edit", "free_generation")
-CLIP_HINT = ("OpenAI's released ViT-B/32 weights saved as a state dict (torch.save("
-             "clip.load('ViT-B/32')[0].state_dict(), PATH)), or open_clip's ViT-B-32 'openai' "
-             "pretrained weights saved with torch.save(model.state_dict(), PATH)")
+CLIP_HINT = ("OpenAI's released ViT-B/32 weights: the ViT-B-32.pt TorchScript file that "
+             "clip.load('ViT-B/32') downloads (read without running its code), or a state "
+             "dict (torch.save(clip.load('ViT-B/32')[0].state_dict(), PATH)), or open_clip's "
+             "ViT-B-32 'openai' pretrained weights saved with torch.save(model.state_dict(), "
+             "PATH)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -399,12 +401,14 @@ def write_text_edit(run: TrainedModel, result: TextEdit, out_dir, name: str = "t
 def load_clip(path, vocab=None):
     """CLIP and its tokenizer: (a `nets.clip.CLIP`, a `CLIPTokenizer`).
 
-    path: a torch.save'd CLIP state dict (`convert.clip.convert_clip`; sizes
-    inferred from its shapes). vocab: bpe_simple_vocab_16e6.txt.gz (default:
-    the copy in an installed open_clip or clip package, `find_bpe_vocab`).
+    path: OpenAI's released TorchScript archive (ViT-B-32.pt) or a torch.save'd
+    CLIP state dict (`convert.clip.convert_clip`; sizes inferred from its
+    shapes; float16 weights upcast to float32). vocab:
+    bpe_simple_vocab_16e6.txt.gz (default: the copy in an installed open_clip
+    or clip package, `find_bpe_vocab`).
     Raises (one line): ValueError without a path, saying which file to give;
     FileNotFoundError for a missing file; the converter's ValueError for a
-    file that is not a CLIP state dict.
+    file that holds no CLIP weights.
     """
     from face3d_jax.convert.clip import convert_clip
     from face3d_jax.nets.clip_tokenizer import CLIPTokenizer, find_bpe_vocab

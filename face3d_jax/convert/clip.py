@@ -12,13 +12,18 @@ context_length and vocab_size that OpenAI's TorchScript state dicts carry are
 ignored, as build_model does; a "module." (or other) prefix is removed.
 
 Accepts a path to a torch.save'd state dict (torch.load weights_only=True, or
-the project's torch-free restricted reader) or a loaded mapping. OpenAI's
-released TorchScript archives (ViT-B-32.pt) are not read: the project's
-restricted reader does not rebuild TorchScript modules, and torch.jit.load
-would deserialise the archive's code. They are recognised and refused with a
-one-line message.
+the project's torch-free restricted reader), a path to one of OpenAI's released
+TorchScript archives (ViT-B-32.pt, what clip.load downloads), or a loaded
+mapping. A TorchScript archive is always read by the restricted reader
+(`formats.torch_file.torchscript_state_dict`: the weights under the keys of
+torch.jit.load(path).state_dict(), which clip.load(jit=False) hands to
+build_model), never by torch.jit.load, which would compile the archive's code.
+OpenAI's archives hold float16 weights (build_model's convert_weights: the
+Linear, Conv2d and attention projections, proj, text_projection) beside
+float32 ones (LayerNorms, embeddings, logit_scale); `convert_clip` upcasts
+everything to float32.
 
-    model = convert_clip("clip_vit_b32_state_dict.pt")
+    model = convert_clip("ViT-B-32.pt")                   # or a state dict's .pt
     emb = model.encode_image(clip_preprocess(images))     # (B, 512)
 """
 
@@ -26,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import zipfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -39,6 +43,7 @@ from face3d_jax.convert.torch_state import (
     strip_prefix,
     to_numpy_dict,
 )
+from face3d_jax.formats.torch_file import is_torchscript_archive, torchscript_state_dict
 from face3d_jax.nets.clip import CLIP, CLIPConfig
 
 _WHAT = "CLIP weights"
@@ -115,27 +120,25 @@ def infer_clip_config(state: Mapping[str, Any], origin: str = "state dict") -> C
         raise ValueError(f"{_WHAT}: {origin}: inconsistent sizes ({exc})") from None
 
 
-def _is_torchscript(path: str | os.PathLike) -> bool:
-    # A TorchScript archive holds its code (`<name>/code/...`) and constants.pkl
-    # beside data.pkl; a torch.save'd state dict holds neither.
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return any("/code/" in n or n.endswith("/constants.pkl") for n in archive.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
-
-
 def clip_state_dict(source: str | os.PathLike | Mapping[str, Any],
                     reader: str = "auto") -> dict[str, np.ndarray]:
-    """OpenAI-layout CLIP weights as {key: np.ndarray} (prefix removed, OpenAI's
-    scalar entries dropped). reader: "torch", "restricted" or "auto"."""
+    """OpenAI-layout CLIP weights as {key: np.ndarray} in the file's dtypes
+    (float16 and float32 for OpenAI's archives), prefix removed, OpenAI's scalar
+    entries dropped.
+
+    source: a torch.save'd state dict or a TorchScript archive (path), or a
+    mapping. reader: "torch", "restricted" or "auto", for torch.save files; a
+    TorchScript archive is always read by the restricted reader.
+    """
     is_path = isinstance(source, (str, os.PathLike))
     origin = str(source) if is_path else "state dict"
-    if is_path and os.path.isfile(source) and _is_torchscript(source):
-        raise ValueError(f"{_WHAT}: {origin} is a TorchScript archive (OpenAI's released .pt), "
-                         "which is not read (it would load its code); give a torch.save'd "
-                         "state dict (e.g. open_clip's, or model.state_dict() saved once)")
-    obj = read_torch_file(source, _WHAT, reader) if is_path else source
+    if is_path and os.path.isfile(source) and is_torchscript_archive(source):
+        try:
+            obj = torchscript_state_dict(source)
+        except ValueError as exc:  # same class (UnsafePickleError stays one), named as ours
+            raise type(exc)(f"{_WHAT}: {exc}") from None
+    else:
+        obj = read_torch_file(source, _WHAT, reader) if is_path else source
     if not isinstance(obj, Mapping):  # a bad file, not a bad argument: ValueError as elsewhere
         raise ValueError(  # noqa: TRY004
             f"{_WHAT}: {origin} holds a {type(obj).__name__}, expected a state dict")
@@ -189,7 +192,9 @@ def convert_clip(source: str | os.PathLike | Mapping[str, Any], *,
                  config: CLIPConfig | None = None, dtype=None, reader: str = "auto") -> CLIP:
     """A CLIP holding OpenAI-layout weights.
 
-    source: a torch.save'd state dict (path) or a mapping of arrays/tensors.
+    source: a torch.save'd state dict or OpenAI's TorchScript archive (path),
+      or a mapping of arrays/tensors (float16/float32/bfloat16; OpenAI's
+      (out, in) Linear and (O, I, H, W) Conv2d layouts).
     config: the sizes (default: inferred from the shapes, heads = width // 64).
     dtype: computation dtype (parameters stay float32; fp16 weights are upcast).
     Raises ValueError with one line naming the file, the key and the shapes for

@@ -13,7 +13,10 @@ of that kind goes through here:
     torch_pickle  torch tensors and storages rebuilt as numpy arrays (both of
                   torch's formats), every size, stride and offset checked
     torch_file    `load_torch_file` / `materialize`: torch.save files (zip or
-                  legacy) with tensors read only when asked for
+                  legacy) with tensors read only when asked for;
+                  `torchscript_state_dict`: the weights of a torch.jit.save
+                  archive (OpenAI's CLIP .pt) under state_dict()'s keys, its
+                  TorchScript classes as inert stand-ins, its code never read
 
 A refused name raises `UnsafePickleError`, a damaged file a ValueError; both
 are one line naming the file. Converters (face3d_jax/convert) read torch files
@@ -22,8 +25,9 @@ through `convert.torch_state.read_torch_file`, which uses torch's own
 """
 
 from face3d_jax.formats.safe_pickle import load_npy, load_pickle
-from face3d_jax.formats.torch_file import DeferredTensor, load_torch_file, materialize
+from face3d_jax.formats.torch_file import (DeferredTensor, load_torch_file, materialize,
+                                           torchscript_state_dict)
 from face3d_jax.formats.unpickler import ChumpyStub, ReportedError, UnsafePickleError
 
 __all__ = ["ChumpyStub", "DeferredTensor", "ReportedError", "UnsafePickleError",
-           "load_npy", "load_pickle", "load_torch_file", "materialize"]
+           "load_npy", "load_pickle", "load_torch_file", "materialize", "torchscript_state_dict"]

@@ -7,9 +7,11 @@ reconstruction functions, a few containers); foreign classes of FLAME's files
 (chumpy, scipy.sparse) become inert stand-ins that record their state
 (`ChumpyStub`, `SparseStub`), and torch.* names are answered by a lookup the
 caller passes (`torch_pickle.find_class`, our parser of torch's formats), or
-refused. Everything else is refused with `UnsafePickleError`, one line naming
-the file and the name. `run` maps every failure of a damaged stream to one
-ValueError line naming the file.
+refused. Subclasses widen the list for one kind of file only (`torch_file`'s
+unpickler of TorchScript archives turns their `__torch__.*` classes into
+stand-ins through `stand_in`). Everything else is refused with
+`UnsafePickleError`, one line naming the file and the name. `run` maps every
+failure of a damaged stream to one ValueError line naming the file.
 """
 
 from __future__ import annotations
@@ -142,14 +144,17 @@ class SafeUnpickler(pickle.Unpickler):
             # Python 3 writes bytes at protocol <= 2 as _codecs.encode(text, 'latin1').
             return self._latin1_encode
         if module == "chumpy" or module.startswith("chumpy."):
-            return self._stub(ChumpyStub, module, name)
+            return self.stand_in(ChumpyStub, module, name)
         if module.startswith("scipy.sparse") and _SPARSE_CLASS.fullmatch(name):
-            return self._stub(SparseStub, module, name)
+            return self.stand_in(SparseStub, module, name)
         if (module == "torch" or module.startswith("torch.")) and self.torch_lookup is not None:
             return self.torch_lookup(module, name, self.origin)
         return None
 
-    def _stub(self, base: type, module: str, name: str) -> type:
+    def stand_in(self, base: type, module: str, name: str) -> type:
+        """The inert subclass of `base` (a Stub) standing for the pickle's class
+        `module.name`; one per name and unpickler, so objects of one class share it.
+        Only the name is kept (as `qualname`): nothing is looked up or imported."""
         key = (module, name)
         if key not in self._stubs:
             self._stubs[key] = type(base.__name__, (base,), {"qualname": f"{module}.{name}"})
