@@ -6,7 +6,7 @@ import numpy as np
 
 from face3d_jax.flame.model import (
     NUM_CONTOUR_LANDMARKS, NUM_JOINTS, NUM_POSE_FEATURES, NUM_STATIC_LANDMARKS, NUM_YAW_BINS,
-    FlameModel, validate, vertex_uv_from_faces)
+    FlameModel, vertex_uv_from_faces)
 
 
 def _rows_summing_to_one(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
@@ -29,7 +29,7 @@ def tiny_model(seed: int = 0, num_vertices: int = 60, num_faces: int = 100,
     for j in range(NUM_JOINTS):
         picked = rng.choice(v, 8, replace=False)
         regressor[j, picked] = _rows_summing_to_one(rng, (8,))
-    model = FlameModel(
+    return FlameModel.from_flame(
         v_template=rng.normal(0, 0.1, (v, 3)).astype(np.float32),
         shapedirs=rng.normal(0, 1e-3, (v, 3, num_shape)).astype(np.float32),
         exprdirs=rng.normal(0, 1e-3, (v, 3, num_expression)).astype(np.float32),
@@ -47,5 +47,5 @@ def tiny_model(seed: int = 0, num_vertices: int = 60, num_faces: int = 100,
         dynamic_lmk_bary_coords=_rows_summing_to_one(
             rng, (NUM_YAW_BINS, NUM_CONTOUR_LANDMARKS, 3)),
         source=f"tiny test model (seed {seed})",
+        origin="tiny_model",
     )
-    return validate(model, origin="tiny_model")

@@ -66,17 +66,23 @@ def flame_forward(model: FlameModel, shape, expression, global_pose, neck_pose, 
             f"given, the model has {model.num_shape} / {model.num_expression}")
 
     # Two blendshape products rather than one on concatenated bases: the
-    # concatenation would copy the 25 MB bases on every call.
-    v_shaped = (model.v_template[None] + lbs.blend_shapes(shape, model.shapedirs)
-                + lbs.blend_shapes(expression, model.exprdirs))
-    joints_rest = jnp.matmul(model.J_regressor, v_shaped)  # (5,V) @ (B,V,3)
+    # concatenation would copy the 25 MB bases on every call. Vertices stay
+    # coordinate planes (B, 3, V) until skinning (model.py says why).
+    template = jnp.transpose(model.v_template)[None]  # (1, 3, V)
+    v_shaped = (template + lbs.blend_shapes(shape, model.shape_basis)
+                + lbs.blend_shapes(expression, model.expr_basis))
+    # J_regressor is folded into the bases (model.joint_shape/joint_expr): the
+    # rest-pose joints are linear in the coefficients.
+    joints_rest = (jnp.matmul(model.J_regressor, model.v_template)[None]
+                   + jnp.einsum("bk,kjc->bjc", shape, model.joint_shape[:shape.shape[1]])
+                   + jnp.einsum("bk,kjc->bjc", expression,
+                                model.joint_expr[:expression.shape[1]]))  # (B, 5, 3)
 
     pose = jnp.concatenate([jnp.asarray(global_pose, jnp.float32), jnp.asarray(neck_pose, jnp.float32),
                             jnp.asarray(jaw_pose, jnp.float32),
                             jnp.asarray(eye_pose, jnp.float32)], axis=1).reshape(batch, -1, 3)
     rot_mats = lbs.axis_angle_to_matrix(pose)  # (B,5,3,3)
-    pose_offsets = lbs.blend_shapes(lbs.pose_features(rot_mats), model.posedirs)
-    v_posed = v_shaped + pose_offsets
+    v_posed = v_shaped + lbs.blend_shapes(lbs.pose_features(rot_mats), model.pose_basis)
 
     joints, rel = lbs.rigid_transforms(rot_mats, joints_rest, model.parents)
     vertices = lbs.skin(v_posed, model.weights, rel)

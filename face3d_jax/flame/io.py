@@ -27,17 +27,16 @@ import numpy as np
 from face3d_jax import formats
 from face3d_jax.flame.files import (DECA_NAME, DYNAMIC_NAME, NUM_SHAPE, ROOT_PARENT, STATIC_NAME,
                                     UV_NAMES)
-from face3d_jax.flame.model import (NUM_CONTOUR_LANDMARKS, NUM_JOINTS, NUM_POSE_FEATURES,
-                                    NUM_STATIC_LANDMARKS, NUM_YAW_BINS, FlameModel, validate,
-                                    vertex_uv_from_faces)
+from face3d_jax.flame.model import (FLAME_ARRAYS, NUM_CONTOUR_LANDMARKS, NUM_JOINTS,
+                                    NUM_POSE_FEATURES, NUM_STATIC_LANDMARKS, NUM_YAW_BINS,
+                                    FlameModel, validate, vertex_uv_from_faces)
 from face3d_jax.formats.unpickler import shown as printable
 
 FORMAT_TAG = "face3d-jax-flame/1"
 NPZ_NAME = "flame_model.npz"
 MANIFEST_NAME = "manifest.json"
 MODEL_NAMES = (NPZ_NAME, "generic_model.pkl", "FLAME_NEUTRAL.pkl", "flame2023.pkl")
-ARRAY_FIELDS = tuple(f.name for f in dataclasses.fields(FlameModel)
-                     if f.name not in ("parents", "source"))
+ARRAY_FIELDS = FLAME_ARRAYS  # our npz stores FLAME's layouts, whatever the model's storage
 _MODEL_HINT = "is this a FLAME generic_model.pkl?"
 
 
@@ -401,7 +400,8 @@ def _build_model(generic: dict, embedding: dict, uv_coords, uv_faces, source: st
                  origin: str) -> FlameModel:
     dirs = generic["shapedirs"]
     num_v = generic["v_template"].shape[0]
-    return validate(FlameModel(
+    return FlameModel.from_flame(
+        origin=origin,
         v_template=generic["v_template"],
         shapedirs=dirs[:, :, :NUM_SHAPE],
         exprdirs=dirs[:, :, NUM_SHAPE:],  # (V, 3, 0) for a model without expressions
@@ -415,7 +415,7 @@ def _build_model(generic: dict, embedding: dict, uv_coords, uv_faces, source: st
         parents=_parents(generic["kintree_table"], origin),
         source=source,
         **embedding,
-    ), origin=origin)
+    )
 
 
 # ---------------------------------------------------------------- our npz
@@ -461,7 +461,7 @@ def _load_npz(path: Path) -> FlameModel:
         arrays = {name: _npz_entry(archive, name, path) for name in ARRAY_FIELDS}
         parents = tuple(int(p) for p in _npz_entry(archive, "parents", path).reshape(-1))
         source = str(_npz_entry(archive, "source", path)) if "source" in keys else path.name
-    return validate(FlameModel(**arrays, parents=parents, source=source), origin=str(path))
+    return FlameModel.from_flame(**arrays, parents=parents, source=source, origin=str(path))
 
 
 def import_flame(src: str | os.PathLike, out_dir: str | os.PathLike) -> Path:

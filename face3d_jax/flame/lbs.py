@@ -37,22 +37,23 @@ def axis_angle_to_matrix(rotvec):
     return eye + a[..., None] * k + b[..., None] * (k @ k)
 
 
-def blend_shapes(coeffs, dirs):
-    """Linear blendshape offsets.
+def blend_shapes(coeffs, basis):
+    """Linear blendshape offsets, as coordinate planes.
 
     Args:
       coeffs: (B, K) float32 coefficients, K <= the basis' components (the
         first K components are used).
-      dirs: (V, 3, K') float32 blendshape basis, K' >= K.
+      basis: (K', 3, V) float32 blendshape basis (`FlameModel.shape_basis`
+        layout), K' >= K.
     Returns:
-      (B, V, 3) float32 offsets sum_k coeffs[:, k] * dirs[..., k].
+      (B, 3, V) float32 offsets sum_k coeffs[:, k] * basis[k].
     """
-    num_v, _, _ = dirs.shape
     k = coeffs.shape[1]
-    # A plain GEMM on the free (V*3, K) view: an einsum over (V, 3, K) made
-    # XLA transpose-copy the whole basis first.
-    flat = jnp.reshape(dirs, (num_v * 3, dirs.shape[2]))[:, :k]
-    return jnp.matmul(coeffs, flat.T).reshape(coeffs.shape[0], num_v, 3)
+    _, _, num_v = basis.shape
+    # One GEMM on the free (K, 3V) view of the leading rows: its transpose
+    # (the backward) reads the same rows, so XLA copies nothing.
+    flat = jnp.reshape(basis[:k], (k, 3 * num_v))
+    return jnp.matmul(coeffs, flat).reshape(coeffs.shape[0], 3, num_v)
 
 
 def pose_features(rot_mats):
@@ -95,22 +96,24 @@ def rigid_transforms(rot_mats, joints, parents):
     return posed_joints, rel
 
 
-def skin(vertices, weights, rel_transforms):
+def skin(planes, weights, rel_transforms):
     """Linear blend skinning.
 
     Args:
-      vertices: (B, V, 3) float32 rest-pose (shaped and pose-corrected) vertices.
+      planes: (B, 3, V) float32 rest-pose (shaped and pose-corrected) vertices
+        as coordinate planes (x, y, z rows).
       weights: (V, J) float32 skinning weights.
       rel_transforms: (B, J, 4, 4) float32 from `rigid_transforms`.
     Returns:
       (B, V, 3) float32 posed vertices.
     """
     batch, num_joints = rel_transforms.shape[:2]
-    # Blend the 12 affine numbers with one GEMM into a (B, 12, V) layout, then
-    # apply them with elementwise multiply-adds: a batched dot of B*V tiny 3x3
-    # products (and its transposes) is several times slower on CPU.
+    # Blend the 12 affine numbers per vertex with one GEMM into (B, 12, V),
+    # then apply them as multiply-adds on unit-stride planes: a batched dot of
+    # B*V tiny 3x4 products (and its transposes) is several times slower on CPU.
     affine = rel_transforms[:, :, :3, :].reshape(batch, num_joints, 12)
-    blended = jnp.einsum("bjk,vj->bkv", affine, weights).reshape(batch, 3, 4, -1)
-    x, y, z = vertices[..., 0][:, None], vertices[..., 1][:, None], vertices[..., 2][:, None]
-    posed = blended[:, :, 0] * x + blended[:, :, 1] * y + blended[:, :, 2] * z + blended[:, :, 3]
-    return jnp.moveaxis(posed, 1, 2)  # (B, V, 3)
+    blended = jnp.einsum("bjk,vj->bkv", affine, weights)
+    x, y, z = planes[:, 0], planes[:, 1], planes[:, 2]
+    posed = [blended[:, 4 * r] * x + blended[:, 4 * r + 1] * y + blended[:, 4 * r + 2] * z
+             + blended[:, 4 * r + 3] for r in range(3)]
+    return jnp.stack(posed, axis=-1)  # (B, V, 3)

@@ -9,6 +9,19 @@ Array names follow FLAME's generic_model.pkl where one exists (v_template,
 shapedirs, posedirs, J_regressor, weights, f) so that readers of the official
 code find their way; the 400 components of FLAME's `shapedirs` are split here
 into `shapedirs` (identity, first 300) and `exprdirs` (expression, last 100).
+
+Storage is laid out for the decoder, not as FLAME's files: the bases are kept
+component-major and coordinate-major, (K, 3, V), so that a batch of
+coefficients times a basis is one plain GEMM whose backward needs no transposed
+copy of the 25 MB basis (XLA on CPU made one per call from FLAME's (V, 3, K):
+5x slower forward+backward at batch 1), and the vertices come out as (B, 3, V)
+planes that skinning reads with unit stride. The joint regressor is folded into
+the identity and expression bases once, at construction (`joint_shape`,
+`joint_expr`), as SMPL's authors suggest, so the rest-pose joints cost a
+(B, K) x (K, 15) product instead of a regression over every vertex. FLAME's
+layouts remain readable as the properties `shapedirs`, `exprdirs`, `posedirs`
+(views of the same numbers). Build models with `FlameModel.from_flame`, which
+validates and folds; the loaders and the procedural default do.
 """
 
 from __future__ import annotations
@@ -29,18 +42,29 @@ NUM_CONTOUR_LANDMARKS = 17
 NUM_YAW_BINS = 79
 
 
+# The arrays of a model in FLAME's layouts: what `from_flame` takes, what the
+# loaders and writers exchange, and the names of our npz format.
+FLAME_ARRAYS = ("v_template", "shapedirs", "exprdirs", "posedirs", "J_regressor", "weights",
+                "faces", "uv_coords", "uv_faces", "vertex_uv", "static_lmk_faces_idx",
+                "static_lmk_bary_coords", "dynamic_lmk_faces_idx", "dynamic_lmk_bary_coords")
+
+
 @struct.dataclass
 class FlameModel:
-    """A FLAME-format face model.
+    """A FLAME-format face model, stored for the decoder (module docstring).
 
     Attributes (V vertices, F triangles, T UV coordinates, S <= 300 identity and
     E <= 100 expression components):
       v_template: (V, 3) float32, the mean head in metres.
-      shapedirs: (V, 3, S) float32, identity blendshapes (B_s of Eq. 2).
-      exprdirs: (V, 3, E) float32, expression blendshapes (B_psi of Eq. 2).
-      posedirs: (V, 3, 36) float32, pose correctives; column 9*(j-1)+3*r+c
+      shape_basis: (S, 3, V) float32, identity blendshapes (B_s of Eq. 2):
+        shape_basis[k, c, v] = FLAME's shapedirs[v, c, k].
+      expr_basis: (E, 3, V) float32, expression blendshapes (B_psi of Eq. 2).
+      pose_basis: (36, 3, V) float32, pose correctives; component 9*(j-1)+3*r+c
         multiplies (R_j - I)[r, c] of joint j = 1..4 (FLAME's layout).
       J_regressor: (5, V) float32, joint locations from the shaped mesh.
+      joint_shape: (S, 5, 3) float32, J_regressor applied to each identity
+        component (the rest-pose joints are linear in the coefficients).
+      joint_expr: (E, 5, 3) float32, the same for the expression components.
       weights: (V, 5) float32, linear-blend-skinning weights (rows sum to 1).
       faces: (F, 3) int32, triangles, counter-clockwise seen from outside.
       uv_coords: (T, 2) float32, UV coordinates in [0, 1], v pointing up (OBJ).
@@ -58,10 +82,12 @@ class FlameModel:
     """
 
     v_template: Any
-    shapedirs: Any
-    exprdirs: Any
-    posedirs: Any
+    shape_basis: Any
+    expr_basis: Any
+    pose_basis: Any
     J_regressor: Any
+    joint_shape: Any
+    joint_expr: Any
     weights: Any
     faces: Any
     uv_coords: Any
@@ -74,17 +100,72 @@ class FlameModel:
     parents: tuple[int, ...] = struct.field(pytree_node=False, default=FLAME_PARENTS)
     source: str = struct.field(pytree_node=False, default="")
 
+    @classmethod
+    def from_flame(cls, *, parents=FLAME_PARENTS, source: str = "",
+                   origin: str = "FLAME model", **arrays) -> FlameModel:
+        """Validates arrays in FLAME's layouts and builds the model.
+
+        Args:
+          **arrays: every name of `FLAME_ARRAYS`: shapedirs (V, 3, S), exprdirs
+            (V, 3, E), posedirs (V, 3, 36) and the attributes above, any array
+            type and dtype that converts to float32 / int32.
+          parents, source: as the attributes.
+          origin: what to name in error messages (a file, a function).
+        Returns:
+          A FlameModel of numpy float32 / int32 arrays.
+        Raises:
+          ValueError naming `origin` and the array, for a missing or unknown
+          array, a wrong shape, an index out of range or a non-finite value.
+        """
+        unknown = sorted(set(arrays) - set(FLAME_ARRAYS))
+        if unknown:
+            raise ValueError(f"{origin}: unknown array(s) {', '.join(unknown)}")
+        fields = _checked_arrays(arrays, parents, origin)
+
+        def planes(dirs):  # (V, 3, K) -> (K, 3, V), contiguous
+            return np.ascontiguousarray(dirs.transpose(2, 1, 0))
+
+        def joints_of(dirs):  # (V, 3, K) -> (K, 5, 3): J_regressor applied to each component
+            folded = np.einsum("jv,vck->kjc", fields["J_regressor"].astype(np.float64), dirs)
+            return folded.astype(np.float32)
+
+        shapedirs, exprdirs = fields.pop("shapedirs"), fields.pop("exprdirs")
+        posedirs = fields.pop("posedirs")
+        return cls(shape_basis=planes(shapedirs), expr_basis=planes(exprdirs),
+                   pose_basis=planes(posedirs), joint_shape=joints_of(shapedirs),
+                   joint_expr=joints_of(exprdirs), parents=tuple(int(p) for p in parents),
+                   source=source, **fields)
+
+    def flame_arrays(self) -> dict[str, Any]:
+        """{name: array} for every name of `FLAME_ARRAYS`, in FLAME's layouts."""
+        return {name: getattr(self, name) for name in FLAME_ARRAYS}
+
+    @property
+    def shapedirs(self):
+        """(V, 3, S) float32 identity basis in FLAME's layout (a transposed view)."""
+        return self.shape_basis.transpose(2, 1, 0)
+
+    @property
+    def exprdirs(self):
+        """(V, 3, E) float32 expression basis in FLAME's layout (a transposed view)."""
+        return self.expr_basis.transpose(2, 1, 0)
+
+    @property
+    def posedirs(self):
+        """(V, 3, 36) float32 pose correctives in FLAME's layout (a transposed view)."""
+        return self.pose_basis.transpose(2, 1, 0)
+
     @property
     def num_vertices(self) -> int:
         return int(self.v_template.shape[0])
 
     @property
     def num_shape(self) -> int:
-        return int(self.shapedirs.shape[-1])
+        return int(self.shape_basis.shape[0])
 
     @property
     def num_expression(self) -> int:
-        return int(self.exprdirs.shape[-1])
+        return int(self.expr_basis.shape[0])
 
     def __call__(self, shape, expression, global_pose, neck_pose, jaw_pose, eye_pose,
                  translation=None):
@@ -95,13 +176,12 @@ class FlameModel:
                              jaw_pose, eye_pose, translation)
 
     def truncate(self, num_shape: int | None = None,
-                 num_expression: int | None = None) -> "FlameModel":
+                 num_expression: int | None = None) -> FlameModel:
         """Keeps the first `num_shape` identity and `num_expression` expression
         components (the paper uses 300 and 50), for smaller decoders."""
-        return self.replace(
-            shapedirs=self.shapedirs[..., : (num_shape or self.num_shape)],
-            exprdirs=self.exprdirs[..., : (num_expression or self.num_expression)],
-        )
+        s, e = num_shape or self.num_shape, num_expression or self.num_expression
+        return self.replace(shape_basis=self.shape_basis[:s], joint_shape=self.joint_shape[:s],
+                            expr_basis=self.expr_basis[:e], joint_expr=self.joint_expr[:e])
 
 
 def vertex_uv_from_faces(num_vertices: int, faces: np.ndarray, uv_faces: np.ndarray,
@@ -123,10 +203,17 @@ def vertex_uv_from_faces(num_vertices: int, faces: np.ndarray, uv_faces: np.ndar
 def validate(model: FlameModel, origin: str = "FLAME model") -> FlameModel:
     """Checks shapes, dtypes and index ranges; raises ValueError naming `origin`.
 
-    Returns the model with arrays cast to the canonical dtypes (numpy).
+    Returns the model rebuilt from its FLAME-layout arrays (numpy, canonical
+    dtypes), so the folded joint bases agree with the bases and J_regressor.
     """
+    return FlameModel.from_flame(**model.flame_arrays(), parents=model.parents,
+                                 source=model.source, origin=origin)
+
+
+def _checked_arrays(arrays: dict[str, Any], parents, origin: str) -> dict[str, np.ndarray]:
+    """The FLAME-layout arrays cast to float32 / int32 and checked (see `validate`)."""
     def arr(name, dtype):
-        value = getattr(model, name)
+        value = arrays.get(name)
         if value is None:
             raise ValueError(f"{origin}: missing array '{name}'")
         try:
@@ -180,7 +267,7 @@ def validate(model: FlameModel, origin: str = "FLAME model") -> FlameModel:
     for name, value in fields.items():
         if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
             raise ValueError(f"{origin}: array '{name}' holds NaN or infinite values")
-    parents = tuple(int(p) for p in model.parents)
+    parents = tuple(int(p) for p in parents)
     if parents != FLAME_PARENTS:
         raise ValueError(f"{origin}: kinematic tree {parents} is not FLAME's {FLAME_PARENTS}")
-    return model.replace(**fields)
+    return fields

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from face3d_jax.flame.model import FLAME_PARENTS, FlameModel, validate, vertex_uv_from_faces
+from face3d_jax.flame.model import FLAME_PARENTS, FlameModel, vertex_uv_from_faces
 from face3d_jax.flame.procedural.bases import make_bases
 from face3d_jax.flame.procedural.embedding import dynamic_embedding, static_embedding
 from face3d_jax.flame.procedural.head import build_head
@@ -48,7 +48,7 @@ def default_model(seed: int = DEFAULT_SEED) -> FlameModel:
     shapedirs, exprdirs = make_bases(head, normals, np.random.default_rng(seed))
     static_idx, static_bary = static_embedding(head)
     dynamic_idx, dynamic_bary = dynamic_embedding(head)
-    model = FlameModel(
+    return FlameModel.from_flame(
         v_template=head.vertices,
         shapedirs=shapedirs,
         exprdirs=exprdirs,
@@ -66,5 +66,5 @@ def default_model(seed: int = DEFAULT_SEED) -> FlameModel:
         dynamic_lmk_bary_coords=dynamic_bary,
         parents=FLAME_PARENTS,
         source=f"face3d-jax procedural default (seed {seed})",
+        origin="procedural default model",
     )
-    return validate(model, origin="procedural default model")
