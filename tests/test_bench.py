@@ -101,3 +101,25 @@ def test_a_step_past_its_limit_is_killed():
     code = "import time; print('started', flush=True); time.sleep(60)"
     result = run_limited([sys.executable, "-c", code], limit_s=3.0)
     assert result["timed_out"] and result["seconds"] < 30 and result["tail"] == ["started"]
+
+
+def test_bench_clip_styleclip_step_runs_both_sides_on_the_same_loss(tmp_path):
+    # The whole StyleCLIP step (G(w+) -> StyleCLIP's resize -> CLIP -> loss + l2 ->
+    # Adam) at the smallest size, through the harness: both sides compute the same
+    # losses from the same w0, and the first step is StyleCLIP's lr-0 step.
+    out = tmp_path / "clip.json"
+    assert main(["bench", "clip", "--size", "smallest", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert "error" not in rows[0]["details"], rows[0]["details"]
+    if rows[0]["peer_note"]:  # torch or openai-clip missing: the harness's row says which
+        pytest.skip(rows[0]["peer_note"])
+    steps = [r for r in rows if r["case"].startswith("StyleCLIP step")]
+    assert len(steps) == 1
+    row, d = steps[0], steps[0]["details"]
+    _check_row(row, "clip")
+    assert row["peer_ms"] is not None and d["torch_ms_as_styleclip"] > 0
+    assert d["loss_agrees"] and d["clip_cos_diff"] <= d["cos_tolerance"]
+    ours, theirs = d["first_losses_ours"], d["first_losses_torch"]
+    assert len(ours) == len(theirs) == 3
+    assert ours[0] == ours[1] and ours[2] != ours[0]  # lr 0 at t = 0, then w moves
+    assert d["loss_rel_diff"] < 1e-5 and d["grad_rel_diff"] < 1e-4

@@ -220,6 +220,54 @@ def _w0_landmarks(run: TrainedModel, w0: np.ndarray) -> np.ndarray:
     return np.asarray(lmk, np.float32)
 
 
+def styleclip_optimizer() -> optax.GradientTransformation:
+    """StyleCLIP's torch.optim.Adam (its defaults: betas 0.9, 0.999, eps 1e-8)
+    without the learning rate, which `styleclip_step` applies as an argument."""
+    return optax.scale_by_adam()
+
+
+def styleclip_step(render, clip_graph, f_graph=None, normalise: bool = False,
+                   optimizer: optax.GradientTransformation | None = None):
+    """One step of StyleCLIP's latent optimisation, jitted.
+
+    Args:
+      render: w (1, L, 512) float32 -> (1, H, W, 3) float32 image in [0, 1]
+        (an image source's `image_fn()`), traced into the step.
+      clip_graph: the graph of `nnx.split(clip_model)`; its state is an argument.
+      f_graph: the graph of the identity network F, or None for no identity term.
+      normalise: CLIP's mean/std on the image instead of StyleCLIP's [-1, 1].
+      optimizer: default `styleclip_optimizer()`.
+    Returns:
+      step(w, opt_state, lr, weights, w0, text, id_target, mats, clip_state,
+      f_state) -> (w', opt_state', parts): lr a float32 scalar; weights (2,)
+      float32 (l2_lambda, id_lambda); w0 like w; text (1, D) float32 CLIP
+      text features; id_target (1, E) F's target embedding and mats F's chip
+      matrices (`chip_matrices`; both ignored without F); parts (4,) float32 (total, CLIP,
+      l2, identity) at w, before the update.
+    """
+    optimizer = optimizer or styleclip_optimizer()
+
+    def loss(w, weights, w0, text, id_target, mats, clip_state, f_state):
+        image = render(w)
+        c = clip_loss(nnx.merge(clip_graph, clip_state), image, text, normalise)[0]
+        l2 = jnp.sum(jnp.square(w - w0))
+        ident = jnp.zeros((), jnp.float32)
+        if f_graph is not None:
+            emb = nnx.merge(f_graph, f_state).embed(image, mats)[0]
+            ident = L.identity_loss(emb, id_target)
+        total = c + weights[0] * l2 + weights[1] * ident
+        return total, jnp.stack([total, c, l2, ident])
+
+    @jax.jit
+    def step(w, opt_state, lr, weights, w0, text, id_target, mats, clip_state, f_state):
+        grad, parts = jax.grad(loss, has_aux=True)(w, weights, w0, text, id_target, mats,
+                                                   clip_state, f_state)
+        updates, opt_state = optimizer.update(grad, opt_state, w)
+        return w - lr * updates, opt_state, parts
+
+    return step
+
+
 class TextEditor:
     """StyleCLIP's optimisation compiled once for a run and a CLIP: the step
     takes the learning rate and the loss weights as arguments, so edits with
@@ -238,7 +286,7 @@ class TextEditor:
         self._render = jax.jit(run.source.image_fn())
         self._identity = None  # (graph, state, network) once built
         self._steps: dict = {}
-        self._adam = optax.scale_by_adam()  # torch.optim.Adam's defaults
+        self._adam = styleclip_optimizer()
 
     def _f(self):
         if self._identity is None:
@@ -253,28 +301,9 @@ class TextEditor:
         return self._steps[key]
 
     def _build_step(self, with_identity: bool, normalise: bool):
-        render, clip_graph, adam = self.run.source.image_fn(), self._clip_graph, self._adam
         f_graph = self._f()[0] if with_identity else None
-
-        def loss(w, weights, w0, text, id_target, mats, clip_state, f_state):
-            image = render(w)
-            c = clip_loss(nnx.merge(clip_graph, clip_state), image, text, normalise)[0]
-            l2 = jnp.sum(jnp.square(w - w0))
-            ident = jnp.zeros((), jnp.float32)
-            if f_graph is not None:
-                emb = nnx.merge(f_graph, f_state).embed(image, mats)[0]
-                ident = L.identity_loss(emb, id_target)
-            total = c + weights[0] * l2 + weights[1] * ident
-            return total, jnp.stack([total, c, l2, ident])
-
-        @jax.jit
-        def step(w, opt_state, lr, weights, w0, text, id_target, mats, clip_state, f_state):
-            grad, parts = jax.grad(loss, has_aux=True)(w, weights, w0, text, id_target, mats,
-                                                       clip_state, f_state)
-            updates, opt_state = adam.update(grad, opt_state, w)
-            return w - lr * updates, opt_state, parts
-
-        return step
+        return styleclip_step(self.run.source.image_fn(), self._clip_graph, f_graph, normalise,
+                              self._adam)
 
     def edit(self, w0, prompt: str, config: StyleClipConfig = StyleClipConfig(), *,
              progress: bool = True) -> TextEdit:
