@@ -698,6 +698,13 @@ def _eval_teacher(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.func is not _bench:
+        # Compiled programs persist across commands (compile_cache.py: one folder
+        # per processor, FACE3D_COMPILE_CACHE=off to disable). Not for `bench`,
+        # whose compile times must be cold.
+        from face3d_jax import compile_cache
+
+        compile_cache.enable()
     try:
         args.func(args)
     except (OSError, ValueError, RuntimeError) as exc:  # OSError: missing files, failed writes

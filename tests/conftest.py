@@ -6,6 +6,7 @@
 - Markers: `gpu` (skipped unless a CUDA device is present), `multidevice`
   (needs the 8 simulated devices). CI runs every other test.
 - `default_flame`: the procedural default model, built once per session.
+- XLA's persistent compilation cache is on (face3d_jax/compile_cache.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,13 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 import jax  # noqa: E402  (after XLA_FLAGS)
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+from face3d_jax import compile_cache  # noqa: E402
+
+# The persistent compilation cache (one folder per processor; FACE3D_COMPILE_CACHE
+# moves it or turns it off): xdist's workers and later runs load what another
+# process compiled. Set before the first compile.
+compile_cache.enable()
 
 
 def _has_gpu() -> bool:
