@@ -22,10 +22,24 @@ Peers, in the same run:
   times are compared.
 - nvdiffrast (`import nvdiffrast.torch`, CUDA only): the same four primitives
   on the same clip-space positions, in PyTorch.
+- Embree (Open3D's `RaycastingScene`, `pip install 'face3d-jax[torch]'` or
+  `pip install open3d-cpu`), in mode "visibility" only: a hand-tuned C++ BVH
+  ray caster against our rasterizer alone. Ours: `rasterize(pos, tri, (H, W),
+  grad_db=False)` (ids, perspective-correct barycentrics and z/w per pixel);
+  Embree: `cast_rays` with one ray per pixel centre through the same pinhole
+  camera (t_hit, primitive ids, barycentric uvs per ray), the mesh in the
+  world frame and each image's yaw applied to its rays, so one BVH serves the
+  batch. The BVH is built once, outside the timing (its build time is in the
+  row's details); the rays are made once. Both sides do visibility and
+  barycentrics, neither shades. The row's details give the fraction of pixels
+  whose triangle ids agree (> 99.99% on the default face; the rest lie on
+  shared edges, which float32 decides either way).
 A peer that cannot run here gives a row saying why.
 
 Times are ms per image; peak memory is the device's peak on an accelerator,
-XLA's buffer assignment for the compiled program on the CPU.
+XLA's buffer assignment for the compiled program on the CPU. In mode
+"visibility", ours and Embree are timed alternately in the same loop (the
+median of each), so load from other processes hits both alike.
 
     face3d bench render [--size smallest|default] --jaxrenderer-python .venv-jaxrenderer/bin/python
 """
@@ -60,9 +74,9 @@ PEER_SCRIPT = Path(__file__).resolve().parent / "peers" / "jaxrenderer_peer.py"
 # image on two cores, hence a peer batch of 1 by default (per-image times).
 SIZES = {
     "smallest": {"resolutions": (32,), "batches": (1,), "texture": 64, "repeats": 2,
-                 "peer_batch": 1},
+                 "peer_batch": 1, "visibility": (32,)},
     "default": {"resolutions": (224, 512), "batches": (1, 8), "texture": 512, "repeats": 3,
-                "peer_batch": 1},
+                "peer_batch": 1, "visibility": (224, 512, 1024)},
     # gpu_check's rows: both our rasterizers and nvdiffrast at the same batch.
     "gpu": {"resolutions": (512,), "batches": (1, 8), "texture": 512, "repeats": 5},
 }
@@ -206,8 +220,94 @@ def nvdiffrast_peer(scene, res, batch, modes, repeats):
     return rows
 
 
+def embree_rays(batch, res):
+    """(B, res, res, 6) float32 rays (origin, direction) through the pixel
+    centres of `camera(batch, res)`, in the frame of the unturned mesh: image
+    b's yaw (`yaw_batch`) is applied to its rays instead of to the mesh."""
+    cam = camera(batch, res)
+    yaws = np.radians(np.linspace(-30.0, 30.0, batch)) if batch > 1 else np.zeros(1)
+    c, s = np.cos(yaws), np.sin(yaws)
+    turn = np.zeros((batch, 3, 3))
+    turn[:, 0, 0], turn[:, 0, 2], turn[:, 1, 1], turn[:, 2, 0], turn[:, 2, 2] = c, s, 1, -s, c
+    # camera point = R (turn p) + t: the mesh-frame camera has rotation R turn.
+    rotation = np.asarray(cam.rotation, np.float64) @ turn
+    translation = np.asarray(cam.translation, np.float64)
+    fx, fy, cx, cy = (np.asarray(cam.intrinsics, np.float64)[:, k, None, None] for k in range(4))
+    centre = np.arange(res) + 0.5  # pixel (i, j) has its centre at (j + 0.5, i + 0.5)
+    d = np.stack(np.broadcast_arrays((centre[None, None, :] - cx) / fx,
+                                     (centre[None, :, None] - cy) / fy, np.ones((batch, 1, 1))),
+                 axis=-1)
+    directions = np.einsum("brc,bhwr->bhwc", rotation, d)
+    origins = -np.einsum("brc,br->bc", rotation, translation)[:, None, None]
+    return np.concatenate(np.broadcast_arrays(origins, directions), axis=-1).astype(np.float32)
+
+
+def visibility_peer(scene, res, batch, repeats):
+    """Ours (`rasterize` without rast_db) against Embree's `cast_rays`, timed
+    alternately; PeerUnavailable without open3d. Returns (ours, embree) dicts
+    of seconds per call and details."""
+    from face3d_kernels import rasterize
+
+    o3d = import_peer("open3d", "pip install 'face3d-jax[torch]' (or pip install open3d-cpu)")
+    start = time.perf_counter()
+    raycaster = o3d.t.geometry.RaycastingScene()
+    raycaster.add_triangles(o3d.core.Tensor(np.ascontiguousarray(scene["verts"])),
+                            o3d.core.Tensor(scene["faces"].astype(np.uint32)))
+    rays = o3d.core.Tensor(embree_rays(batch, res))
+    hits = raycaster.cast_rays(rays)  # the BVH is built lazily, at the first cast
+    build_s = time.perf_counter() - start
+    pos = camera(batch, res).project(jnp.asarray(yaw_batch(scene["verts"], batch)))
+    fn = jax.jit(lambda p: rasterize(p, scene["faces"], (res, res), grad_db=False)[0])
+    start = time.perf_counter()
+    compiled = fn.lower(pos).compile()
+    compile_s = time.perf_counter() - start
+    rast = np.asarray(jax.block_until_ready(compiled(pos)))
+    peer_ids = hits["primitive_ids"].numpy().astype(np.int64)
+    peer_ids = np.where(peer_ids == o3d.t.geometry.RaycastingScene.INVALID_ID, 0, peer_ids + 1)
+    agree = float(np.mean(peer_ids == rast[..., 3].astype(np.int64)))
+
+    def embree():
+        out = raycaster.cast_rays(rays)
+        return out["t_hit"].numpy(), out["primitive_ids"].numpy(), out["primitive_uvs"].numpy()
+
+    ours_t, peer_t = [], []
+    for _ in range(max(repeats, 5)):
+        start = time.perf_counter()
+        jax.block_until_ready(compiled(pos))
+        ours_t.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        embree()
+        peer_t.append(time.perf_counter() - start)
+    peak, label = ours_memory(compiled)
+    return ({"seconds": statistics.median(ours_t), "compile_s": compile_s, "peak_mib": peak,
+             "memory": label, "covered": float(np.mean(rast[..., 3] > 0))},
+            {"seconds": statistics.median(peer_t), "build_s": build_s, "ids_agree": agree,
+             "covered": float(np.mean(peer_ids > 0))})
+
+
+def visibility_rows(scene, resolutions, batches, repeats) -> list[Row]:
+    """One row per (resolution, batch): ours against Embree, ms per image."""
+    rows = []
+    for res in resolutions:
+        for batch in batches:
+            case = f"{res}^2 B={batch} visibility, per image"
+            try:
+                mine, peer = visibility_peer(scene, res, batch, repeats)
+            except PeerUnavailable as exc:
+                rows.append(Row("render", case, None, "embree", peer_note=str(exc)))
+                continue
+            rows.append(Row(
+                "render", case, 1000 * mine["seconds"] / batch, "embree",
+                1000 * peer["seconds"] / batch, peak_mib=mine["peak_mib"], memory=mine["memory"],
+                details={"resolution": res, "batch": batch, "mode": "visibility",
+                         "compile_s": mine["compile_s"], "covered": mine["covered"],
+                         "peer_covered": peer["covered"], "ids_agree": peer["ids_agree"],
+                         "peer_build_s": peer["build_s"]}))
+    return rows
+
+
 def run(options: Options, resolutions, batches, texture, repeats, peer_batch=None,
-        modes=MODES) -> list[Row]:
+        modes=MODES, visibility=()) -> list[Row]:
     """One row per (resolution, batch, mode, peer); ms per image."""
     scene = make_scene(texture)
     # Our backends: the Pallas rasterizer only where it compiles (not the CPU's interpreter).
@@ -250,4 +350,4 @@ def run(options: Options, resolutions, batches, texture, repeats, peer_batch=Non
                             ms, name, 1000 * result[mode]["seconds"] / pb if ok else None,
                             note, peak_mib=mine[mode]["peak_mib"], memory=mine[mode]["memory"],
                             details=details))
-    return rows
+    return rows + visibility_rows(scene, visibility, batches, repeats)

@@ -28,7 +28,8 @@
   the z/w channel; we do (apply stop_gradient to rast[..., 2] to match).
 
 Backends: "jax" (coverage.py + the per-pixel pass below; CPU, GPU, TPU, under
-jit, vmap and grad); "pallas" (raster_pallas.py's tiled visibility kernel + the
+jit, vmap and grad; on the CPU a batch is rasterized one image after another,
+which keeps each image's buffers in cache); "pallas" (raster_pallas.py's tiled visibility kernel + the
 same per-pixel pass; checked against "jax" in Pallas's interpreter on CPU, not
 yet run on an accelerator). "nvdiffrast" is a reserved name.
 """
@@ -75,9 +76,10 @@ def rasterize(pos, tri, resolution, *, grad_db: bool = True, backend: str = "jax
       backend: "jax" (default), or "pallas" (a tiled kernel for accelerators,
         raster_pallas.py; on CPU it runs in Pallas's interpreter, slowly: for
         tests). "nvdiffrast" is not built yet.
-      capacity: static work items per chunk of the visibility pass: fragments
-        (pixels of triangles' screen boxes) for "jax", default
-        `coverage.default_capacity` (2^17 on CPU, up to 2^22 elsewhere);
+      capacity: static work items per chunk of the visibility pass: window
+        pixels (the dense windows that tile triangles' screen boxes,
+        coverage.py) for "jax", default `coverage.default_capacity` (2^18 on
+        CPU, up to 2^22 elsewhere);
         (triangle, tile) pairs for "pallas", default
         `raster_pallas.default_capacity`. A scene with more takes several
         chunks; none is dropped.
@@ -94,12 +96,14 @@ def rasterize(pos, tri, resolution, *, grad_db: bool = True, backend: str = "jax
     tri = checks.triangles(tri, pos.shape[1], "rasterize")
     if capacity is not None and int(capacity) < 1:
         raise ValueError(f"rasterize: capacity must be >= 1, got {capacity}")
+    on_cpu = jax.default_backend() == "cpu"
     if capacity is None and backend == "jax":
-        capacity = coverage.default_capacity(pos.shape[0], height, width, jax.default_backend())
+        capacity = coverage.default_capacity(1 if on_cpu else pos.shape[0], height, width,
+                                             jax.default_backend())
     elif capacity is None:
         capacity = raster_pallas.default_capacity(pos.shape[0] * tri.shape[0])
     rast, rast_db = _rasterize(pos, tri, (height, width), int(capacity), bool(grad_db), backend,
-                               jax.default_backend() == "cpu")
+                               on_cpu)
     return rast, rast_db
 
 
@@ -108,6 +112,23 @@ def _rasterize(pos, tri, resolution, capacity, grad_db, backend, on_cpu):
     if tri.shape[0] == 0:
         empty = jnp.zeros((pos.shape[0],) + resolution + (4,), jnp.float32)
         return empty, (empty if grad_db else None)
+    if on_cpu and pos.shape[0] > 1:
+        # One image after another: each image's buffers and per-pixel
+        # intermediates stay in cache, so the time per image does not grow
+        # with the batch (all images at once: 1.2 - 2.2x slower per image at
+        # batch 8 than at batch 1). Both backends take this path, so that
+        # their per-pixel passes compile alike (the tests compare them bit
+        # for bit).
+        def one(p):
+            return _rasterize_images(p[None], tri, resolution, capacity, grad_db, backend,
+                                     on_cpu)
+
+        rast, rast_db = jax.lax.map(one, pos)
+        return rast[:, 0], (None if rast_db is None else rast_db[:, 0])
+    return _rasterize_images(pos, tri, resolution, capacity, grad_db, backend, on_cpu)
+
+
+def _rasterize_images(pos, tri, resolution, capacity, grad_db, backend, on_cpu):
     if backend == "pallas":
         ids = raster_pallas.visible_triangles(pos, tri, resolution, capacity=capacity,
                                               interpret=on_cpu)
