@@ -80,7 +80,11 @@ def rigid_transforms(rot_mats, joints, parents):
         joint location removed, i.e. mapping rest-pose points to posed points.
     """
     batch, num_joints = joints.shape[:2]
-    rel_joints = joints.at[:, 1:].add(-joints[:, jnp.asarray(parents[1:])])
+    # A concatenation, not joints.at[:, 1:].add(...): XLA's CPU backend ran that
+    # scatter in place on a buffer shared by two calls in one program (two
+    # decodes of the same joints: the second read the first's result).
+    rel_joints = jnp.concatenate(
+        [joints[:, :1], joints[:, 1:] - joints[:, jnp.asarray(parents[1:])]], axis=1)
     local = jnp.concatenate([rot_mats, rel_joints[..., None]], axis=-1)  # (B,J,3,4)
     bottom = jnp.broadcast_to(jnp.asarray([0.0, 0.0, 0.0, 1.0], joints.dtype),
                               (batch, num_joints, 1, 4))
