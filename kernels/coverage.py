@@ -64,9 +64,14 @@ process on a shared 2-core Xeon, ms per image:
     1024^2  1     150.6   83.9   73.6     1.14
     1024^2  8     166.9   57.9  104.6     0.55
 
-(Absolute times are inflated ~2x by other processes on the machine; the
-ratios are the figures to quote. Batch 1 is the frontal view, batch 8 spans
-yaws of -30 to 30 degrees.)
+(Absolute times are inflated ~2x by other processes on the machine. Batch 1
+is the frontal view, batch 8 spans yaws of -30 to 30 degrees.) The same pair
+on an idle 2-core AMD EPYC (`face3d bench render`, then 40 alternating
+rounds twice), ours / Embree: 224^2 1.50 - 1.67 (B=1, 3.1 - 3.5 ms against
+2.0 - 2.1) and 1.25 - 1.30 (B=8); 512^2 0.95 - 1.10; 1024^2 1.07 (B=1) and
+0.69 (B=8). Load slows Embree more than ours: quote the idle figures. At
+224^2 a frontal image is at the edge of 1.5x Embree: fixed per-call costs
+(setup, the chunk loop, the barycentric pass) dominate there.
 
 Where the time goes now (XLA's profiler, 1024^2, one image, the sum over
 operations): the per-pixel barycentric pass (rasterize.py: nine gathers of
