@@ -376,8 +376,11 @@ def visible_triangles(pos, tri, resolution, capacity, window=None, per_image=Fal
                                   width, (wh, ww)))
         # Both updates every step, the other sweep's windows dropped: a
         # lax.cond between them would copy the image-sized buffers each step.
-        first_start = start.at[:, 0].set(jnp.where(second, batch, start[:, 0]))
-        second_start = start.at[:, 0].set(jnp.where(second, start[:, 0], batch))
+        # Built by concatenation: two .at[].set on the one `start` are the
+        # pattern XLA's CPU backend once ran in place on a shared buffer (lbs.py).
+        image = start[:, :1]
+        first_start = jnp.concatenate([jnp.where(second, batch, image), start[:, 1:]], axis=1)
+        second_start = jnp.concatenate([jnp.where(second, image, batch), start[:, 1:]], axis=1)
         zbuf = jax.lax.scatter_min(zbuf, first_start, depth, scatter_dims, mode=drop)
         nearest = jax.lax.gather(zbuf, second_start, gather_dims, (1, wh, ww), mode=drop,
                                  fill_value=jnp.nan)
